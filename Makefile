@@ -1,0 +1,39 @@
+# credbroker developer commands. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint protos check-protos bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(BIN)/credbroker serve --dev
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy credbroker tests
+
+protos: install
+	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos -I "$$($(BIN)/python -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')" \
+	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=async_only:. \
+	  protos/credbroker/v1/*.proto
+	rm -f credbroker/v1/resources_pb2_grpc.py credbroker/v1/resources_pb2_grpc.pyi  # no services in resources.proto
+
+check-protos: protos
+	git diff --exit-code -- credbroker/v1
+	test -z "$$(git status --porcelain -- credbroker/v1)"
+
+clean:
+	rm -rf $(VENV) .credbroker build *.egg-info
