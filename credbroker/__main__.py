@@ -1,0 +1,7 @@
+"""``python -m credbroker`` runs the CLI."""
+
+import sys
+
+from credbroker.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""gRPC transport: servicers, interceptors, and the table mapping domain errors to status codes."""

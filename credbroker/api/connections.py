@@ -1,0 +1,126 @@
+"""ConnectionService servicer: proto in, domain use case, proto out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import empty_pb2
+
+from credbroker.api.convert import (
+    AUTH_MODE_TO_PROTO,
+    connection_to_proto,
+    credentials_from_proto,
+    credentials_to_proto,
+    struct_to_dict,
+)
+from credbroker.api.interceptors import current_principal
+from credbroker.api.paging import decode_page_token, encode_page_token
+from credbroker.domain.connections import UPDATABLE_PATHS, ConnectionDraft, ConnectionService
+from credbroker.v1 import connection_service_pb2 as pb
+from credbroker.v1 import connection_service_pb2_grpc as pb_grpc
+from credbroker.v1 import resources_pb2
+
+Context = Any  # grpc.aio.ServicerContext; the interceptor handles every failure path
+
+
+def _draft(connection: resources_pb2.Connection) -> ConnectionDraft:
+    return ConnectionDraft(
+        integration_id=connection.integration_id,
+        connection_id=connection.connection_id,
+        credentials=credentials_from_proto(connection.credentials)
+        if connection.HasField("credentials")
+        else None,
+        metadata=struct_to_dict(connection.metadata) if connection.HasField("metadata") else None,
+        connection_config=dict(connection.connection_config),
+        tags=dict(connection.tags),
+    )
+
+
+def _update_paths(request: pb.UpdateConnectionRequest) -> frozenset[str]:
+    """The mask's paths; ``*`` means all updatable fields, an empty mask the fields set."""
+    paths = frozenset(request.update_mask.paths)
+    if "*" in paths:
+        return UPDATABLE_PATHS
+    if paths:
+        return paths
+    connection = request.connection
+    populated = {
+        "credentials": connection.HasField("credentials"),
+        "metadata": connection.HasField("metadata"),
+        "connection_config": bool(connection.connection_config),
+        "tags": bool(connection.tags),
+    }
+    return frozenset(path for path, present in populated.items() if present)
+
+
+class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
+    def __init__(self, service: ConnectionService) -> None:
+        self._service = service
+
+    async def CreateConnection(
+        self, request: pb.CreateConnectionRequest, context: Context
+    ) -> resources_pb2.Connection:
+        connection = await self._service.create(current_principal(), _draft(request.connection))
+        return connection_to_proto(connection)
+
+    async def GetConnection(
+        self, request: pb.GetConnectionRequest, context: Context
+    ) -> resources_pb2.Connection:
+        connection = await self._service.get(
+            current_principal(), request.integration_id, request.connection_id
+        )
+        return connection_to_proto(connection)
+
+    async def ListConnections(
+        self, request: pb.ListConnectionsRequest, context: Context
+    ) -> pb.ListConnectionsResponse:
+        tags = dict(request.tags)
+        filters = {
+            "method": "ListConnections",
+            "integration_id": request.integration_id,
+            "tags": tags,
+        }
+        cursor = decode_page_token(request.page_token, filters, size=2)
+        page = await self._service.list(
+            current_principal(),
+            integration_id=request.integration_id,
+            tags=tags,
+            page_size=request.page_size,
+            after=(cursor[0], cursor[1]) if cursor else None,
+        )
+        return pb.ListConnectionsResponse(
+            connections=[connection_to_proto(c) for c in page.items],
+            next_page_token=encode_page_token(page.next_cursor, filters),
+        )
+
+    async def UpdateConnection(
+        self, request: pb.UpdateConnectionRequest, context: Context
+    ) -> resources_pb2.Connection:
+        connection = await self._service.update(
+            current_principal(),
+            _draft(request.connection),
+            _update_paths(request),
+            etag=request.connection.etag,
+            allow_missing=request.allow_missing,
+        )
+        return connection_to_proto(connection)
+
+    async def DeleteConnection(
+        self, request: pb.DeleteConnectionRequest, context: Context
+    ) -> empty_pb2.Empty:
+        await self._service.delete(
+            current_principal(), request.integration_id, request.connection_id
+        )
+        return empty_pb2.Empty()
+
+    async def AccessCredentials(
+        self, request: pb.AccessCredentialsRequest, context: Context
+    ) -> pb.AccessCredentialsResponse:
+        revealed = await self._service.access(
+            current_principal(), request.integration_id, request.connection_id
+        )
+        return pb.AccessCredentialsResponse(
+            credentials=credentials_to_proto(revealed.credentials),
+            connection_config=dict(revealed.connection_config),
+            auth_mode=AUTH_MODE_TO_PROTO[revealed.connection.auth_mode],
+        )

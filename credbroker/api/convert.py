@@ -1,0 +1,81 @@
+"""Conversions between credbroker.v1 messages and domain models."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from credbroker.domain import models
+from credbroker.v1 import resources_pb2
+
+AUTH_MODE_TO_PROTO = {
+    models.AuthMode.API_KEY: resources_pb2.AUTH_MODE_API_KEY,
+    models.AuthMode.BASIC: resources_pb2.AUTH_MODE_BASIC,
+}
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def integration_to_proto(integration: models.Integration) -> resources_pb2.Integration:
+    return resources_pb2.Integration(
+        integration_id=integration.integration_id,
+        provider=integration.provider,
+        display_name=integration.display_name,
+        auth_mode=AUTH_MODE_TO_PROTO[integration.auth_mode],
+        create_time=timestamp(integration.create_time),
+        update_time=timestamp(integration.update_time),
+    )
+
+
+def struct_to_dict(value: struct_pb2.Struct) -> dict[str, Any]:
+    result = json_format.MessageToDict(value)
+    assert isinstance(result, dict)
+    return result
+
+
+def dict_to_struct(value: Any) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(value))
+    return struct
+
+
+def connection_to_proto(connection: models.Connection) -> resources_pb2.Connection:
+    return resources_pb2.Connection(
+        integration_id=connection.integration_id,
+        connection_id=connection.connection_id,
+        metadata=dict_to_struct(connection.metadata),
+        tags=dict(connection.tags),
+        auth_mode=AUTH_MODE_TO_PROTO[connection.auth_mode],
+        credentials_set=connection.credentials_set,
+        connection_config_keys=list(connection.connection_config_keys),
+        create_time=timestamp(connection.create_time),
+        update_time=timestamp(connection.update_time),
+        etag=str(connection.version),
+    )
+
+
+def credentials_from_proto(message: resources_pb2.Credentials) -> models.Credentials | None:
+    kind = message.WhichOneof("kind")
+    if kind == "api_key":
+        return models.ApiKeyCredentials(message.api_key.api_key)
+    if kind == "basic":
+        return models.BasicCredentials(message.basic.username, message.basic.password)
+    return None
+
+
+def credentials_to_proto(credentials: models.Credentials) -> resources_pb2.Credentials:
+    if isinstance(credentials, models.ApiKeyCredentials):
+        return resources_pb2.Credentials(
+            api_key=resources_pb2.ApiKeyCredentials(api_key=credentials.api_key)
+        )
+    return resources_pb2.Credentials(
+        basic=resources_pb2.BasicCredentials(
+            username=credentials.username, password=credentials.password
+        )
+    )

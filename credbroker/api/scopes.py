@@ -1,0 +1,22 @@
+"""Which scope each RPC needs. Methods missing here are denied (see the interceptor)."""
+
+from __future__ import annotations
+
+from credbroker.domain.models import Scope
+
+_INTEGRATIONS = "/credbroker.v1.IntegrationService/"
+_CONNECTIONS = "/credbroker.v1.ConnectionService/"
+
+REQUIRED_SCOPES: dict[str, Scope] = {
+    _INTEGRATIONS + "CreateIntegration": Scope.INTEGRATIONS_WRITE,
+    _INTEGRATIONS + "GetIntegration": Scope.INTEGRATIONS_READ,
+    _INTEGRATIONS + "ListIntegrations": Scope.INTEGRATIONS_READ,
+    _INTEGRATIONS + "UpdateIntegration": Scope.INTEGRATIONS_WRITE,
+    _INTEGRATIONS + "DeleteIntegration": Scope.INTEGRATIONS_WRITE,
+    _CONNECTIONS + "CreateConnection": Scope.CONNECTIONS_WRITE,
+    _CONNECTIONS + "GetConnection": Scope.CONNECTIONS_READ,
+    _CONNECTIONS + "ListConnections": Scope.CONNECTIONS_READ,
+    _CONNECTIONS + "UpdateConnection": Scope.CONNECTIONS_WRITE,
+    _CONNECTIONS + "DeleteConnection": Scope.CONNECTIONS_WRITE,
+    _CONNECTIONS + "AccessCredentials": Scope.CREDENTIALS_READ,
+}

@@ -1,0 +1,154 @@
+"""Composition root: wires storage, crypto, use cases and servicers into a grpc.aio server."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from credbroker.api.connections import ConnectionServicer
+from credbroker.api.integrations import IntegrationServicer
+from credbroker.api.interceptors import ServerInterceptor
+from credbroker.api.scopes import REQUIRED_SCOPES
+from credbroker.bootstrap import (
+    Backend,
+    BoundCipher,
+    load_keyring,
+    open_backend,
+    verify_master_keys,
+)
+from credbroker.config import Settings
+from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.domain.connections import ConnectionService
+from credbroker.domain.integrations import IntegrationService
+from credbroker.domain.keys import KeyService
+from credbroker.domain.providers import default_catalog
+from credbroker.storage.connections import PostgresConnectionRepository
+from credbroker.storage.environments import (
+    PostgresEnvironmentRepository,
+    PostgresSecretKeyRepository,
+)
+from credbroker.storage.integrations import PostgresIntegrationRepository
+from credbroker.v1 import (
+    connection_service_pb2,
+    connection_service_pb2_grpc,
+    integration_service_pb2,
+    integration_service_pb2_grpc,
+)
+
+log = structlog.get_logger("credbroker")
+
+SERVICE_NAMES = (
+    integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
+    connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name,
+)
+
+
+def key_service(backend: Backend) -> KeyService:
+    return KeyService(
+        PostgresEnvironmentRepository(backend.db), PostgresSecretKeyRepository(backend.db)
+    )
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        """Drains: health turns NOT_SERVING first, then in-flight RPCs get ``grace`` seconds."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def _server_options(settings: Settings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ("grpc.max_metadata_size", 8 * 1024),
+        ("grpc.absolute_max_metadata_size", 16 * 1024),
+        ("grpc.max_concurrent_streams", 100),
+        ("grpc.max_connection_idle_ms", 300_000),
+        ("grpc.max_connection_age_ms", 1_800_000),
+        ("grpc.max_connection_age_grace_ms", 30_000),
+        ("grpc.server_handshake_timeout_ms", 10_000),
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 0),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def start_server(
+    settings: Settings, backend: Backend, keyring: Keyring, listen: str | None = None
+) -> RunningServer:
+    """Verifies the master keys, then binds and starts serving. Raises StartupError before
+    binding when the keyring does not fit the stored data."""
+    await verify_master_keys(backend.db, keyring)
+    integrations = IntegrationService(PostgresIntegrationRepository(backend.db), default_catalog())
+    connections = ConnectionService(
+        PostgresConnectionRepository(backend.db), integrations, BoundCipher(EnvelopeCipher(keyring))
+    )
+    keys = key_service(backend)
+    server = grpc.aio.server(
+        interceptors=[
+            ServerInterceptor(
+                keys.authenticate, REQUIRED_SCOPES, max_rpc_seconds=settings.rpc_timeout
+            )
+        ],
+        options=_server_options(settings),
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server(
+        IntegrationServicer(integrations), server
+    )
+    connection_service_pb2_grpc.add_ConnectionServiceServicer_to_server(
+        ConnectionServicer(connections), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if settings.reflection:
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+    port = server.add_insecure_port(listen or settings.listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen or settings.listen}")
+    await server.start()
+    for name in (*SERVICE_NAMES, ""):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, health_servicer)
+
+
+async def serve(settings: Settings, *, listen: str | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then drains and stops. A second signal stops at once."""
+    keyring = load_keyring(settings)
+    backend = await open_backend(settings)
+    try:
+        running = await start_server(settings, backend, keyring, listen)
+        log.info(
+            "serving",
+            listen=listen or settings.listen,
+            port=running.port,
+            reflection=settings.reflection,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down", grace_seconds=settings.shutdown_grace)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: loop.create_task(running.server.stop(0)))
+        await running.stop(settings.shutdown_grace)
+    finally:
+        await backend.close()
+    log.info("stopped")

@@ -1,0 +1,118 @@
+"""Start-up shared by the server and the CLI: keyring, database, migrations and the fail-closed
+master-key check. Nothing here listens on a port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from credbroker.config import Settings
+from credbroker.crypto import (
+    EnvelopeCipher,
+    IntegrityError,
+    Keyring,
+    KeyringError,
+    encryption_context,
+    make_key_check,
+    verify_key_check,
+)
+from credbroker.domain.errors import DataIntegrityError
+from credbroker.storage.db import Database, PoolSettings, create_pool
+from credbroker.storage.master_keys import PostgresMasterKeyRepository
+from credbroker.storage.migrate import migrate
+
+log = structlog.get_logger("credbroker")
+
+
+class StartupError(RuntimeError):
+    """The service must not start; the message is safe to print (no key material)."""
+
+
+class BoundCipher:
+    """Adapts :class:`EnvelopeCipher` to the domain's Cipher port: builds the associated data
+    from a purpose and the row binding, and reports failures as DataIntegrityError."""
+
+    def __init__(self, cipher: EnvelopeCipher) -> None:
+        self._cipher = cipher
+
+    def encrypt(self, plaintext: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+        return self._cipher.encrypt(plaintext, encryption_context(purpose, *binding))
+
+    def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+        try:
+            return self._cipher.decrypt(blob, encryption_context(purpose, *binding))
+        except IntegrityError as exc:
+            log.error("ciphertext failed authentication", purpose=purpose, error=str(exc))
+            raise DataIntegrityError("stored ciphertext failed authentication") from None
+
+
+def load_keyring(settings: Settings) -> Keyring:
+    try:
+        text = settings.keyring_json()
+    except (ValueError, OSError) as exc:
+        raise StartupError(f"cannot read the keyring: {exc}") from None
+    if text is None:
+        raise StartupError(
+            "no master keyring: set CREDBROKER_KEYRING or CREDBROKER_KEYRING_FILE "
+            "(create one with `credbroker keyring generate`)"
+        )
+    try:
+        return Keyring.from_json(text)
+    except KeyringError as exc:
+        raise StartupError(f"invalid keyring: {exc}") from None
+
+
+async def verify_master_keys(db: Database, keyring: Keyring) -> None:
+    """Fails closed: a configured key whose bytes differ from the ones first used under its id, or
+    stored data under a key id the keyring lacks, stops the start (message names ids only)."""
+    repository = PostgresMasterKeyRepository(db)
+    checks = await repository.check_blobs()
+    for key_id, key in sorted(keyring.keys.items()):
+        check = checks.get(key_id)
+        if check is None:
+            await repository.add_check_blob(key_id, make_key_check(key_id, key))
+        elif not verify_key_check(key_id, key, check):
+            raise StartupError(
+                f"master key {key_id} does not match the key first used under that id"
+            )
+    in_use = await repository.key_ids_in_use()
+    missing = sorted(in_use - set(keyring.keys))
+    if missing:
+        raise StartupError(
+            f"stored data is encrypted under master key(s) {missing} missing from the keyring"
+        )
+    too_old = sorted(k for k in in_use if k < keyring.min_decryption_key_id)
+    if too_old:
+        raise StartupError(
+            f"stored data uses master key(s) {too_old} below min_decryption_key_id "
+            f"{keyring.min_decryption_key_id}; finish `credbroker keyring rewrap` first"
+        )
+
+
+@dataclass
+class Backend:
+    """An open database with migrations applied."""
+
+    db: Database
+
+    async def close(self) -> None:
+        await self.db.pool.close()
+
+
+async def open_backend(settings: Settings, *, pool_min: int | None = None) -> Backend:
+    if settings.database_url is None:
+        raise StartupError("CREDBROKER_DATABASE_URL is not set (or run `credbroker serve --dev`)")
+    pool_settings = PoolSettings(
+        min_size=settings.db_pool_min if pool_min is None else pool_min,
+        max_size=settings.db_pool_max,
+        acquire_timeout=settings.db_acquire_timeout,
+        command_timeout=settings.db_statement_timeout,
+    )
+    pool = await create_pool(settings.database_url.get_secret_value(), pool_settings)
+    db = Database(pool, settings.db_acquire_timeout)
+    async with db.connection() as connection:
+        applied = await migrate(connection)
+    if applied:
+        log.info("applied migrations", versions=applied)
+    return Backend(db)

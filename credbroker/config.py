@@ -1,0 +1,66 @@
+"""Settings, loaded and validated in one place: environment variables ``CREDBROKER_*``, with CLI
+flags overriding them. Secrets (the keyring) are ``SecretStr`` so they never print."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CREDBROKER_", extra="ignore")
+
+    listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    database_url: SecretStr | None = Field(None, description="PostgreSQL DSN (postgresql://...)")
+    keyring: SecretStr | None = Field(None, description="master keyring JSON")
+    keyring_file: Path | None = Field(None, description="path to a file holding the keyring JSON")
+    data_dir: Path = Field(Path(".credbroker"), description="dev mode: embedded database and keys")
+    log_format: str = Field("auto", description="json, console, or auto (console on a terminal)")
+    log_level: str = Field("info", description="debug, info, warning or error")
+    reflection: bool = Field(True, description="serve gRPC server reflection")
+    db_pool_min: int = Field(2, ge=0, le=100)
+    db_pool_max: int = Field(10, ge=1, le=500)
+    db_acquire_timeout: float = Field(
+        2.0, gt=0, le=60, description="seconds to wait for a pool connection"
+    )
+    db_statement_timeout: float = Field(5.0, gt=0, le=600, description="seconds per SQL statement")
+    rpc_timeout: float = Field(
+        10.0, gt=0, le=600, description="server-side deadline per RPC, seconds"
+    )
+    max_concurrent_rpcs: int = Field(256, ge=1, description="beyond this, RESOURCE_EXHAUSTED")
+    max_message_bytes: int = Field(256 * 1024, ge=1024, description="largest request accepted")
+    shutdown_grace: float = Field(5.0, ge=0, description="seconds in-flight RPCs get on shutdown")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be HOST:PORT, for example 127.0.0.1:50051")
+        return value
+
+    @field_validator("log_format")
+    @classmethod
+    def _check_log_format(cls, value: str) -> str:
+        if value not in {"json", "console", "auto"}:
+            raise ValueError("must be json, console or auto")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_log_level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("must be debug, info, warning or error")
+        return value.lower()
+
+    def keyring_json(self) -> str | None:
+        """The keyring JSON from ``CREDBROKER_KEYRING`` or ``CREDBROKER_KEYRING_FILE``."""
+        if self.keyring is not None and self.keyring_file is not None:
+            raise ValueError("set CREDBROKER_KEYRING or CREDBROKER_KEYRING_FILE, not both")
+        if self.keyring is not None:
+            return self.keyring.get_secret_value()
+        if self.keyring_file is not None:
+            return self.keyring_file.read_text("utf-8")
+        return None

@@ -1,0 +1,30 @@
+"""Envelope encryption of stored credentials: the KEK keyring and the v1 blob format.
+
+IntegrityError      blob malformed or failed authentication  (envelope)
+└── UnknownKeyError blob's KEK not configured or below the minimum
+KeyringError        keyring configuration invalid             (keyring)
+"""
+
+from __future__ import annotations
+
+from .envelope import (
+    EnvelopeCipher,
+    IntegrityError,
+    UnknownKeyError,
+    encryption_context,
+    make_key_check,
+    verify_key_check,
+)
+from .keyring import Keyring, KeyringError, generate_keyring
+
+__all__ = [
+    "EnvelopeCipher",
+    "IntegrityError",
+    "Keyring",
+    "KeyringError",
+    "UnknownKeyError",
+    "encryption_context",
+    "generate_keyring",
+    "make_key_check",
+    "verify_key_check",
+]

@@ -1,0 +1,317 @@
+"""Connection use cases. Secrets are encrypted here, before storage, and decrypted only by
+access (AccessCredentials)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from credbroker.domain.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    DataIntegrityError,
+    InvalidArgumentError,
+    NotFoundError,
+)
+from credbroker.domain.integrations import IntegrationService
+from credbroker.domain.models import (
+    ApiKeyCredentials,
+    AuthMode,
+    BasicCredentials,
+    Connection,
+    Credentials,
+    EncryptedConnectionSecrets,
+    Page,
+    Principal,
+    RevealedCredentials,
+    auth_mode_of,
+)
+from credbroker.domain.ports import Cipher, ConnectionChanges, ConnectionRepository, NewConnection
+from credbroker.domain.validation import (
+    Violations,
+    check_connection_config,
+    check_connection_id,
+    check_credentials,
+    check_integration_id,
+    check_metadata,
+    check_page_size,
+    check_tags,
+)
+
+CONNECTION_NOT_FOUND = "connection not found"
+CREDENTIALS_PURPOSE = "connection.credentials"
+CONFIG_PURPOSE = "connection.connection_config"
+UPDATABLE_PATHS = frozenset({"credentials", "metadata", "connection_config", "tags"})
+
+
+@dataclass(frozen=True)
+class ConnectionDraft:
+    """A connection as submitted by a caller; ``None`` fields were not provided."""
+
+    integration_id: str
+    connection_id: str
+    credentials: Credentials | None
+    metadata: Mapping[str, Any] | None
+    connection_config: Mapping[str, str] | None
+    tags: Mapping[str, str] | None
+
+    def __repr__(self) -> str:
+        return f"ConnectionDraft({self.integration_id!r}, {self.connection_id!r}, <redacted>)"
+
+
+def _not_found() -> NotFoundError:
+    return NotFoundError(CONNECTION_NOT_FOUND, reason="CONNECTION_NOT_FOUND")
+
+
+def _binding(
+    environment_id: uuid.UUID, integration_id: str, id: uuid.UUID
+) -> tuple[bytes | str, ...]:
+    """The immutable identity of a row owning a ciphertext: moved elsewhere, it fails to decrypt."""
+    return (environment_id.bytes, integration_id, id.bytes)
+
+
+def _serialize_credentials(credentials: Credentials) -> bytes:
+    if isinstance(credentials, ApiKeyCredentials):
+        document: dict[str, str] = {"api_key": credentials.api_key}
+    else:
+        document = {"username": credentials.username, "password": credentials.password}
+    return json.dumps(document, separators=(",", ":")).encode("utf-8")
+
+
+def _deserialize_credentials(auth_mode: AuthMode, plaintext: bytes) -> Credentials:
+    document = json.loads(plaintext)
+    if auth_mode is AuthMode.API_KEY:
+        return ApiKeyCredentials(document["api_key"])
+    return BasicCredentials(document["username"], document["password"])
+
+
+class ConnectionService:
+    def __init__(
+        self,
+        repository: ConnectionRepository,
+        integrations: IntegrationService,
+        cipher: Cipher,
+    ) -> None:
+        self._repository = repository
+        self._integrations = integrations
+        self._cipher = cipher
+
+    def _encrypt(
+        self, plaintext: bytes, purpose: str, connection: NewConnection | Connection
+    ) -> bytes:
+        return self._cipher.encrypt(
+            plaintext,
+            purpose=purpose,
+            binding=_binding(connection.environment_id, connection.integration_id, connection.id),
+        )
+
+    def _validate_draft(
+        self, draft: ConnectionDraft, *, creating: bool, paths: frozenset[str]
+    ) -> None:
+        v = Violations()
+        check_integration_id(v, "connection.integration_id", draft.integration_id)
+        if draft.connection_id or not creating:
+            check_connection_id(v, "connection.connection_id", draft.connection_id)
+        if creating or "credentials" in paths:
+            check_credentials(v, "connection.credentials", draft.credentials)
+        if draft.metadata is not None and "metadata" in paths:
+            check_metadata(v, "connection.metadata", draft.metadata)
+        if draft.connection_config is not None and "connection_config" in paths:
+            check_connection_config(v, "connection.connection_config", draft.connection_config)
+        if draft.tags is not None and "tags" in paths:
+            check_tags(v, "connection.tags", draft.tags)
+        v.raise_if_any()
+
+    @staticmethod
+    def _check_auth_mode(expected: AuthMode, credentials: Credentials | None) -> None:
+        if credentials is not None and auth_mode_of(credentials) is not expected:
+            raise InvalidArgumentError.single(
+                "connection.credentials",
+                f"the integration takes {expected.value} credentials",
+                reason="CREDENTIALS_AUTH_MODE_MISMATCH",
+            )
+
+    async def create(self, principal: Principal, draft: ConnectionDraft) -> Connection:
+        self._validate_draft(draft, creating=True, paths=UPDATABLE_PATHS)
+        integration = await self._integrations.get(principal, draft.integration_id)
+        self._check_auth_mode(integration.auth_mode, draft.credentials)
+        assert draft.credentials is not None
+        config = dict(draft.connection_config or {})
+        row = NewConnection(
+            id=uuid.uuid4(),
+            environment_id=principal.environment_id,
+            integration_id=integration.integration_id,
+            connection_id=draft.connection_id or str(uuid.uuid4()),
+            auth_mode=integration.auth_mode,
+            secrets=EncryptedConnectionSecrets(b"", b""),
+            metadata=dict(draft.metadata or {}),
+            tags=dict(draft.tags or {}),
+            connection_config_keys=tuple(sorted(config)),
+        )
+        secrets = EncryptedConnectionSecrets(
+            credentials=self._encrypt(
+                _serialize_credentials(draft.credentials), CREDENTIALS_PURPOSE, row
+            ),
+            connection_config=self._encrypt(_serialize_config(config), CONFIG_PURPOSE, row),
+        )
+        return await self._repository.create(dataclasses.replace(row, secrets=secrets))
+
+    async def get(
+        self, principal: Principal, integration_id: str, connection_id: str
+    ) -> Connection:
+        _check_ids(integration_id, connection_id)
+        connection = await self._repository.get(
+            principal.environment_id, integration_id, connection_id
+        )
+        if connection is None:
+            raise _not_found()
+        return connection
+
+    async def list(
+        self,
+        principal: Principal,
+        *,
+        integration_id: str,
+        tags: Mapping[str, str],
+        page_size: int,
+        after: tuple[str, str] | None,
+    ) -> Page[Connection]:
+        v = Violations()
+        if integration_id:
+            check_integration_id(v, "integration_id", integration_id)
+        check_tags(v, "tags", tags)
+        limit = check_page_size(v, "page_size", page_size)
+        v.raise_if_any()
+        rows = await self._repository.list(
+            principal.environment_id,
+            integration_id=integration_id or None,
+            tags=tags,
+            after=after,
+            limit=limit + 1,
+        )
+        items = rows[:limit]
+        more = len(rows) > limit
+        cursor = (items[-1].integration_id, items[-1].connection_id) if more and items else None
+        return Page(items, cursor)
+
+    async def update(
+        self,
+        principal: Principal,
+        draft: ConnectionDraft,
+        paths: frozenset[str],
+        *,
+        etag: str,
+        allow_missing: bool,
+    ) -> Connection:
+        unknown = sorted(paths - UPDATABLE_PATHS)
+        if unknown:
+            raise InvalidArgumentError.single(
+                "update_mask", f"unknown or read-only field {unknown[0]}"
+            )
+        if not paths:
+            raise InvalidArgumentError.single("update_mask", "names no field to update")
+        expected_version = _parse_etag(etag)
+        self._validate_draft(draft, creating=False, paths=paths)
+        current = await self._repository.get(
+            principal.environment_id, draft.integration_id, draft.connection_id
+        )
+        if current is None:
+            if not allow_missing or expected_version is not None:
+                raise _not_found()
+            try:
+                return await self.create(principal, draft)
+            except AlreadyExistsError:  # created concurrently: update it instead
+                current = await self.get(principal, draft.integration_id, draft.connection_id)
+        if "credentials" in paths:
+            self._check_auth_mode(current.auth_mode, draft.credentials)
+        changes = self._changes(current, draft, paths)
+        updated = await self._repository.update(
+            principal.environment_id, current.id, changes, expected_version=expected_version
+        )
+        if updated is not None:
+            return updated
+        if expected_version is not None and await self._repository.get(
+            principal.environment_id, draft.integration_id, draft.connection_id
+        ):
+            raise ConflictError(
+                "the connection changed since the etag was read", reason="ETAG_MISMATCH"
+            )
+        raise _not_found()
+
+    def _changes(
+        self, current: Connection, draft: ConnectionDraft, paths: frozenset[str]
+    ) -> ConnectionChanges:
+        credentials = config = None
+        config_keys = None
+        if "credentials" in paths:
+            assert draft.credentials is not None
+            credentials = self._encrypt(
+                _serialize_credentials(draft.credentials), CREDENTIALS_PURPOSE, current
+            )
+        if "connection_config" in paths:
+            new_config = dict(draft.connection_config or {})
+            config = self._encrypt(_serialize_config(new_config), CONFIG_PURPOSE, current)
+            config_keys = tuple(sorted(new_config))
+        return ConnectionChanges(
+            credentials=credentials,
+            connection_config=config,
+            connection_config_keys=config_keys,
+            metadata=dict(draft.metadata or {}) if "metadata" in paths else None,
+            tags=dict(draft.tags or {}) if "tags" in paths else None,
+        )
+
+    async def delete(self, principal: Principal, integration_id: str, connection_id: str) -> None:
+        _check_ids(integration_id, connection_id)
+        if not await self._repository.delete(
+            principal.environment_id, integration_id, connection_id
+        ):
+            raise _not_found()
+
+    async def access(
+        self, principal: Principal, integration_id: str, connection_id: str
+    ) -> RevealedCredentials:
+        _check_ids(integration_id, connection_id)
+        found = await self._repository.get_with_secrets(
+            principal.environment_id, integration_id, connection_id
+        )
+        if found is None:
+            raise _not_found()
+        connection, secrets = found
+        binding = _binding(connection.environment_id, connection.integration_id, connection.id)
+        credentials_plain = self._cipher.decrypt(
+            secrets.credentials, purpose=CREDENTIALS_PURPOSE, binding=binding
+        )
+        config_plain = self._cipher.decrypt(
+            secrets.connection_config, purpose=CONFIG_PURPOSE, binding=binding
+        )
+        try:
+            credentials = _deserialize_credentials(connection.auth_mode, credentials_plain)
+            config = json.loads(config_plain)
+        except (ValueError, KeyError, TypeError):
+            raise DataIntegrityError("stored credentials are unreadable") from None
+        return RevealedCredentials(connection, credentials, config)
+
+
+def _serialize_config(config: Mapping[str, str]) -> bytes:
+    return json.dumps(dict(config), separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+def _check_ids(integration_id: str, connection_id: str) -> None:
+    v = Violations()
+    check_integration_id(v, "integration_id", integration_id)
+    check_connection_id(v, "connection_id", connection_id)
+    v.raise_if_any()
+
+
+def _parse_etag(etag: str) -> int | None:
+    if not etag:
+        return None
+    if not etag.isdigit() or len(etag) > 18:
+        raise InvalidArgumentError.single(
+            "connection.etag", "is not an etag returned by the server"
+        )
+    return int(etag)

@@ -1,0 +1,76 @@
+"""Domain errors. The api layer maps each class to one gRPC status (``credbroker.api.errors``).
+
+    DomainError
+    ├── InvalidArgumentError     bad input; carries field violations  -> INVALID_ARGUMENT
+    ├── NotFoundError            missing, or in another environment   -> NOT_FOUND
+    ├── AlreadyExistsError       id taken within the environment       -> ALREADY_EXISTS
+    ├── FailedPreconditionError  the state forbids the call            -> FAILED_PRECONDITION
+    ├── ConflictError            concurrent change, stale etag         -> ABORTED
+    ├── UnavailableError         database or dependency down           -> UNAVAILABLE
+    └── DataIntegrityError       stored ciphertext failed to verify    -> DATA_LOSS
+
+Messages are public: they name fields and resource kinds, never secret values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldViolation:
+    """One invalid field: a dotted request path and what is wrong with it (never its value)."""
+
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base class; ``reason`` is the stable UPPER_SNAKE_CASE code sent as ``ErrorInfo.reason``."""
+
+    reason = "ERROR"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+
+class InvalidArgumentError(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: list[FieldViolation], *, reason: str | None = None) -> None:
+        message = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(message, reason=reason)
+        self.violations = violations
+
+    @classmethod
+    def single(
+        cls, field: str, description: str, *, reason: str | None = None
+    ) -> InvalidArgumentError:
+        return cls([FieldViolation(field, description)], reason=reason)
+
+
+class NotFoundError(DomainError):
+    reason = "NOT_FOUND"
+
+
+class AlreadyExistsError(DomainError):
+    reason = "ALREADY_EXISTS"
+
+
+class FailedPreconditionError(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+class ConflictError(DomainError):
+    reason = "CONFLICT"
+
+
+class UnavailableError(DomainError):
+    reason = "UNAVAILABLE"
+
+
+class DataIntegrityError(DomainError):
+    reason = "DATA_INTEGRITY"

@@ -1,0 +1,91 @@
+"""Environments and secret keys: creating them (CLI) and authenticating callers (every RPC)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from credbroker.domain import secret_keys
+from credbroker.domain.errors import NotFoundError
+from credbroker.domain.models import ALL_SCOPES, Environment, Principal, Scope, SecretKeyRecord
+from credbroker.domain.ports import EnvironmentRepository, SecretKeyRepository
+from credbroker.domain.validation import check_environment_name
+
+
+def parse_scopes(text: str) -> frozenset[Scope]:
+    """Parses ``a,b,c`` scope lists; raises ValueError naming the unknown scope."""
+    scopes = set()
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        try:
+            scopes.add(Scope(item))
+        except ValueError:
+            valid = ", ".join(s.value for s in Scope)
+            raise ValueError(f"unknown scope {item!r} (valid: {valid})") from None
+    return frozenset(scopes)
+
+
+class KeyService:
+    def __init__(self, environments: EnvironmentRepository, keys: SecretKeyRepository) -> None:
+        self._environments = environments
+        self._keys = keys
+
+    async def create_environment(self, name: str) -> Environment:
+        check_environment_name(name)
+        return await self._environments.create(name)
+
+    async def list_environments(self) -> list[Environment]:
+        return await self._environments.list()
+
+    async def environment(self, name: str) -> Environment:
+        environment = await self._environments.get_by_name(name)
+        if environment is None:
+            raise NotFoundError(f"environment {name!r} not found", reason="ENVIRONMENT_NOT_FOUND")
+        return environment
+
+    async def create_key(
+        self,
+        environment_name: str,
+        scopes: frozenset[Scope] = ALL_SCOPES,
+        *,
+        expire_time: datetime | None = None,
+        description: str = "",
+    ) -> tuple[str, SecretKeyRecord]:
+        """Creates a key; returns the secret key (shown once, never stored) and its record."""
+        environment = await self.environment(environment_name)
+        token, parsed = secret_keys.generate_key()
+        record = SecretKeyRecord(
+            key_id=parsed.key_id,
+            environment_id=environment.id,
+            environment_name=environment.name,
+            scopes=scopes,
+            secret_hash=secret_keys.hash_secret(parsed),
+            create_time=datetime.now(UTC),
+            expire_time=expire_time,
+            description=description,
+        )
+        await self._keys.create(record)
+        return token, record
+
+    async def list_keys(self, environment_name: str) -> list[SecretKeyRecord]:
+        environment = await self.environment(environment_name)
+        return await self._keys.list(environment.id)
+
+    async def revoke_key(self, key_id: str) -> None:
+        if not secret_keys.KEY_ID_PATTERN.fullmatch(key_id) or not await self._keys.revoke(key_id):
+            raise NotFoundError(f"key {key_id!r} not found", reason="KEY_NOT_FOUND")
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The caller behind a presented key, or None. All failures look the same to callers."""
+        parsed = secret_keys.parse_key(token)
+        if parsed is None:
+            return None
+        record = await self._keys.get(parsed.key_id)
+        if not secret_keys.secret_matches(parsed, record.secret_hash if record else None):
+            return None
+        assert record is not None
+        if not record.is_active(datetime.now(UTC)):
+            return None
+        return Principal(
+            record.key_id, record.environment_id, record.environment_name, record.scopes
+        )

@@ -1,0 +1,134 @@
+"""What the use cases need from outside, as protocols that storage and crypto implement."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from uuid import UUID
+
+from credbroker.domain.models import (
+    AuthMode,
+    Connection,
+    EncryptedConnectionSecrets,
+    Environment,
+    Integration,
+    SecretKeyRecord,
+)
+
+
+class Cipher(Protocol):
+    """Envelope encryption bound to a purpose and the identity of the row that stores the blob.
+
+    ``decrypt`` raises :class:`credbroker.domain.errors.DataIntegrityError` when the blob does not
+    authenticate under that binding.
+    """
+
+    def encrypt(
+        self, plaintext: bytes, *, purpose: str, binding: tuple[bytes | str, ...]
+    ) -> bytes: ...
+
+    def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes: ...
+
+
+class IntegrationRepository(Protocol):
+    async def create(self, integration: Integration) -> Integration: ...
+
+    async def get(self, environment_id: UUID, integration_id: str) -> Integration | None: ...
+
+    async def list(
+        self, environment_id: UUID, *, after: str | None, limit: int
+    ) -> list[Integration]: ...
+
+    async def update_display_name(
+        self, environment_id: UUID, integration_id: str, display_name: str
+    ) -> Integration | None: ...
+
+    async def delete(self, environment_id: UUID, integration_id: str, *, force: bool) -> bool:
+        """Deletes; raises FailedPreconditionError if connections exist and not ``force``."""
+        ...
+
+
+@dataclass(frozen=True)
+class NewConnection:
+    id: UUID
+    environment_id: UUID
+    integration_id: str
+    connection_id: str
+    auth_mode: AuthMode
+    secrets: EncryptedConnectionSecrets
+    metadata: Mapping[str, Any]
+    tags: Mapping[str, str]
+    connection_config_keys: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ConnectionChanges:
+    """Replacement values for an update; ``None`` keeps the stored value."""
+
+    credentials: bytes | None = None
+    connection_config: bytes | None = None
+    connection_config_keys: tuple[str, ...] | None = None
+    metadata: Mapping[str, Any] | None = field(default=None)
+    tags: Mapping[str, str] | None = None
+
+
+class ConnectionRepository(Protocol):
+    async def create(self, connection: NewConnection) -> Connection:
+        """Inserts; AlreadyExistsError if the id is taken, NotFoundError if no integration."""
+        ...
+
+    async def get(
+        self, environment_id: UUID, integration_id: str, connection_id: str
+    ) -> Connection | None: ...
+
+    async def get_with_secrets(
+        self, environment_id: UUID, integration_id: str, connection_id: str
+    ) -> tuple[Connection, EncryptedConnectionSecrets] | None: ...
+
+    async def list(
+        self,
+        environment_id: UUID,
+        *,
+        integration_id: str | None,
+        tags: Mapping[str, str],
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[Connection]: ...
+
+    async def update(
+        self,
+        environment_id: UUID,
+        id: UUID,
+        changes: ConnectionChanges,
+        *,
+        expected_version: int | None,
+    ) -> Connection | None:
+        """Applies changes if the row exists (and has ``expected_version`` when given)."""
+        ...
+
+    async def delete(
+        self, environment_id: UUID, integration_id: str, connection_id: str
+    ) -> bool: ...
+
+
+class EnvironmentRepository(Protocol):
+    async def create(self, name: str) -> Environment:
+        """Inserts; AlreadyExistsError if the name is taken."""
+        ...
+
+    async def get_by_name(self, name: str) -> Environment | None: ...
+
+    async def list(self) -> list[Environment]: ...
+
+
+class SecretKeyRepository(Protocol):
+    async def create(self, record: SecretKeyRecord) -> None: ...
+
+    async def get(self, key_id: str) -> SecretKeyRecord | None: ...
+
+    async def list(self, environment_id: UUID) -> list[SecretKeyRecord]: ...
+
+    async def revoke(self, key_id: str) -> bool:
+        """Marks the key revoked; False if no such key (revoking twice keeps the first time)."""
+        ...

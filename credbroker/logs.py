@@ -1,0 +1,77 @@
+"""Structured logging: one JSON object a line in production, readable lines in dev.
+
+Log calls pass values as keyword fields, never secrets; :func:`redact` is a last line of defence
+that masks anything shaped like a credbroker secret key and any field named like a secret.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRET_KEY = re.compile(r"cbsk_([0-9A-Za-z]{16})_[0-9A-Za-z]{49}")
+_SECRET_FIELDS = {
+    "api_key",
+    "password",
+    "secret",
+    "token",
+    "authorization",
+    "keyring",
+    "credentials",
+}
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SECRET_KEY.sub(r"cbsk_\1_<redacted>", value)
+    return value
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key in list(event):
+        event[key] = "<redacted>" if key in _SECRET_FIELDS else _mask(event[key])
+    return event
+
+
+def configure_logging(log_format: str = "auto", level: str = "info") -> None:
+    use_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info if use_json else _identity,
+            redact,
+            renderer,
+        ],
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    return event

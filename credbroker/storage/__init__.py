@@ -1,0 +1,1 @@
+"""PostgreSQL persistence through asyncpg: pool, migrations and one repository per aggregate."""

@@ -1,0 +1,94 @@
+"""The connection pool and the one place that turns connectivity failures into UnavailableError."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+import asyncpg
+
+from credbroker.domain.errors import UnavailableError
+
+# Failures that mean "the database cannot be reached or is overloaded right now": retryable.
+_UNAVAILABLE = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.QueryCanceledError,
+    asyncpg.exceptions.InterfaceError,
+)
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    min_size: int = 2
+    max_size: int = 10
+    acquire_timeout: float = 2.0
+    command_timeout: float = 5.0
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    await connection.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.min_size,
+            max_size=settings.max_size,
+            command_timeout=settings.command_timeout,
+            init=_init_connection,
+            server_settings={
+                "application_name": "credbroker",
+                "statement_timeout": str(int(settings.command_timeout * 1000)),
+                "idle_in_transaction_session_timeout": "10000",
+            },
+        )
+    except _UNAVAILABLE as exc:
+        raise UnavailableError(f"database unreachable ({type(exc).__name__})") from exc
+    assert pool is not None
+    return pool
+
+
+class Database:
+    """Wraps the pool: bounded acquire, and connectivity errors become UnavailableError."""
+
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout: float) -> None:
+        self.pool = pool
+        self._acquire_timeout = acquire_timeout
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        try:
+            async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
+                yield cast(asyncpg.Connection, connection)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database unavailable") from exc
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection() as connection, connection.transaction():
+            yield connection
+
+    async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self.connection() as connection:
+            return await connection.fetch(query, *args)
+
+    async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        async with self.connection() as connection:
+            return await connection.fetchrow(query, *args)
+
+    async def execute(self, query: str, *args: Any) -> str:
+        async with self.connection() as connection:
+            return await connection.execute(query, *args)
