@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import structlog
+from pydantic import ValidationError
 
 from credbroker import dev
 from credbroker.app import key_service, serve
@@ -165,18 +167,15 @@ async def _keys(args: argparse.Namespace, backend: Backend) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
-    settings_error = None
     try:
         base = Settings()
-    except ValueError as exc:
-        settings_error = exc
-    configure_logging(
-        base.log_format if settings_error is None else "auto",
-        base.log_level if settings_error is None else "info",
-    )
-    if settings_error is not None:
-        print(f"credbroker: invalid configuration: {settings_error}", file=sys.stderr)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = "CREDBROKER_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+            print(f"credbroker: invalid configuration: {name}: {error['msg']}", file=sys.stderr)
         return 2
+    dev_console = getattr(args, "dev", False) and "CREDBROKER_LOG_FORMAT" not in os.environ
+    configure_logging("console" if dev_console else base.log_format, base.log_level)
     if args.command == "keyring":
         print(generate_keyring().to_json())
         return 0

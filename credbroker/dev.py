@@ -4,7 +4,9 @@ a generated keyring and a ready secret key, all kept in the data folder and reus
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +41,10 @@ def prepare(settings: Settings) -> Settings:
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     updates: dict[str, Any] = {}
     if settings.database_url is None:
-        from pgserver import get_server  # type: ignore[attr-defined]  # lazily: dev mode only
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            from pgserver import get_server  # type: ignore[attr-defined]  # lazily: dev mode only
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
 
         server = get_server(data_dir / "pgdata", cleanup_mode="stop")
         _embedded.append(server)

@@ -1,0 +1,190 @@
+"""Shared fixtures: a real PostgreSQL database and a real credbroker server on a loopback port.
+
+The database comes from ``CREDBROKER_TEST_DATABASE_URL`` when set (CI points it at the machine's
+PostgreSQL), else from a testcontainers PostgreSQL when a Docker engine answers, else from an
+embedded pgserver. Each test session creates its own database and drops it at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import grpc
+import pytest
+import pytest_asyncio
+
+from credbroker.app import RunningServer, key_service, start_server
+from credbroker.bootstrap import Backend, open_backend
+from credbroker.config import Settings
+from credbroker.crypto import Keyring, generate_keyring
+from credbroker.domain.keys import KeyService
+from credbroker.domain.models import ALL_SCOPES, Scope
+from credbroker.v1 import connection_service_pb2_grpc, integration_service_pb2_grpc
+
+
+def _docker_available() -> bool:
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def admin_database_url() -> Iterator[str]:
+    """A URL of a PostgreSQL server where the tests may create databases."""
+    configured = os.environ.get("CREDBROKER_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver  # type: ignore[import-untyped]
+
+    folder = tempfile.mkdtemp(prefix="credbroker-test-pg-")
+    server = pgserver.get_server(folder, cleanup_mode="delete")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _with_database(url: str, database: str) -> str:
+    """``url`` pointing at another database (keeps host, user and query such as ``host=/sock``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest_asyncio.fixture(scope="session")
+async def database_url(admin_database_url: str) -> AsyncIterator[str]:
+    name = f"credbroker_test_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(admin_database_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield _with_database(admin_database_url, name)
+    admin = await asyncpg.connect(admin_database_url)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def keyring() -> Keyring:
+    return generate_keyring()
+
+
+def make_settings(database_url: str, keyring: Keyring, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "database_url": database_url,
+        "keyring": keyring.to_json(),
+        "listen": "127.0.0.1:0",
+        "db_pool_min": 1,
+        "db_pool_max": 10,
+    }
+    values.update(overrides)
+    return Settings.model_validate(values)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, keyring: Keyring) -> Settings:
+    return make_settings(database_url, keyring)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def backend(settings: Settings) -> AsyncIterator[Backend]:
+    opened = await open_backend(settings)
+    yield opened
+    await opened.close()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def keys(backend: Backend) -> KeyService:
+    return key_service(backend)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def server(
+    settings: Settings, backend: Backend, keyring: Keyring
+) -> AsyncIterator[RunningServer]:
+    running = await start_server(settings, backend, keyring)
+    yield running
+    await running.stop(0)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def channel(server: RunningServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as opened:
+        yield opened
+
+
+@dataclass
+class Tenant:
+    """A fresh environment with an all-scopes key: tests isolate themselves by environment."""
+
+    environment: str
+    key: str
+    keys: KeyService
+    integrations: integration_service_pb2_grpc.IntegrationServiceStub
+    connections: connection_service_pb2_grpc.ConnectionServiceStub
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.key}"),)
+
+    async def key_with(self, *scopes: Scope) -> tuple[tuple[str, str], ...]:
+        token, _ = await self.keys.create_key(self.environment, frozenset(scopes))
+        return (("authorization", f"Bearer {token}"),)
+
+
+TenantFactory = Callable[[], Awaitable[Tenant]]
+
+
+@pytest.fixture
+def make_tenant(keys: KeyService, channel: grpc.aio.Channel) -> TenantFactory:
+    """Creates tenants (environments) on demand, for tests that need more than one."""
+
+    async def create() -> Tenant:
+        name = f"t-{uuid.uuid4().hex[:12]}"
+        await keys.create_environment(name)
+        token, _ = await keys.create_key(name, ALL_SCOPES)
+        return Tenant(
+            name,
+            token,
+            keys,
+            integration_service_pb2_grpc.IntegrationServiceStub(channel),
+            connection_service_pb2_grpc.ConnectionServiceStub(channel),
+        )
+
+    return create
+
+
+@pytest_asyncio.fixture
+async def tenant(make_tenant: TenantFactory) -> Tenant:
+    return await make_tenant()
+
+
+@pytest.fixture(scope="session")
+def settings_factory(database_url: str, keyring: Keyring) -> Callable[..., Settings]:
+    """Settings for the test database, with overrides (e.g. another keyring)."""
+    return lambda **overrides: make_settings(database_url, keyring, **overrides)
