@@ -11,6 +11,8 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from credbroker.api.audit import Auditor
+from credbroker.api.audit_service import AuditServicer
 from credbroker.api.connections import ConnectionServicer
 from credbroker.api.integrations import IntegrationServicer
 from credbroker.api.interceptors import ServerInterceptor
@@ -24,10 +26,12 @@ from credbroker.bootstrap import (
 )
 from credbroker.config import Settings
 from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.domain.audit import AuditService
 from credbroker.domain.connections import ConnectionService
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
 from credbroker.domain.providers import default_catalog
+from credbroker.storage.audit import PostgresAuditLog
 from credbroker.storage.connections import PostgresConnectionRepository
 from credbroker.storage.environments import (
     PostgresEnvironmentRepository,
@@ -35,6 +39,8 @@ from credbroker.storage.environments import (
 )
 from credbroker.storage.integrations import PostgresIntegrationRepository
 from credbroker.v1 import (
+    audit_service_pb2,
+    audit_service_pb2_grpc,
     connection_service_pb2,
     connection_service_pb2_grpc,
     integration_service_pb2,
@@ -46,6 +52,7 @@ log = structlog.get_logger("credbroker")
 SERVICE_NAMES = (
     integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
     connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name,
+    audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
 )
 
 
@@ -98,10 +105,14 @@ async def start_server(
         PostgresConnectionRepository(backend.db), integrations, BoundCipher(EnvelopeCipher(keyring))
     )
     keys = key_service(backend)
+    audit_log = PostgresAuditLog(backend.db)
     server = grpc.aio.server(
         interceptors=[
             ServerInterceptor(
-                keys.authenticate, REQUIRED_SCOPES, max_rpc_seconds=settings.rpc_timeout
+                keys.authenticate,
+                REQUIRED_SCOPES,
+                Auditor(audit_log),
+                max_rpc_seconds=settings.rpc_timeout,
             )
         ],
         options=_server_options(settings),
@@ -112,6 +123,9 @@ async def start_server(
     )
     connection_service_pb2_grpc.add_ConnectionServiceServicer_to_server(
         ConnectionServicer(connections), server
+    )
+    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
+        AuditServicer(AuditService(audit_log)), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

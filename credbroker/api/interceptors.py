@@ -1,5 +1,5 @@
 """The server interceptor every RPC passes through: request id, authentication, scope check,
-server-side deadline and the last-resort error mapping.
+audit, server-side deadline and the last-resort error mapping.
 
 Authentication runs inside the wrapped handler (not in ``intercept_service``) so a rejection can
 carry a rich ``google.rpc.Status`` and always matches the method's cardinality.
@@ -15,8 +15,10 @@ from typing import Any
 
 import grpc
 import structlog
+from google.rpc import status_pb2
 
 from credbroker.api import errors
+from credbroker.api.audit import Auditor
 from credbroker.domain.errors import DomainError
 from credbroker.domain.models import Principal, Scope
 
@@ -27,16 +29,12 @@ UNAUTHENTICATED_METHODS = frozenset(
     {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List"}
 )
 # Methods any valid key may call, whatever its scopes.
-ANY_SCOPE_METHODS = frozenset(
-    {
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    }
-)
+ANY_SCOPE_METHODS = frozenset({"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"})
 
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("credbroker_principal")
 
 Authenticator = Callable[[str], Awaitable[Principal | None]]
+Context = grpc.aio.ServicerContext[Any, Any]
 
 
 def current_principal() -> Principal:
@@ -56,16 +54,32 @@ def bearer_token(metadata: Any) -> str | None:
     return token
 
 
+class _Rejected(Exception):
+    """Ends the call with ``status`` (an expected outcome, not an error)."""
+
+    def __init__(self, status: status_pb2.Status) -> None:
+        self.status = status
+
+
+def _code_name(status: status_pb2.Status) -> str:
+    return grpc.StatusCode(_CODES_BY_VALUE[status.code]).name
+
+
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
 class ServerInterceptor(grpc.aio.ServerInterceptor):
     def __init__(
         self,
         authenticate: Authenticator,
         required_scopes: Mapping[str, Scope],
+        auditor: Auditor,
         *,
         max_rpc_seconds: float,
     ) -> None:
         self._authenticate = authenticate
         self._required_scopes = required_scopes
+        self._auditor = auditor
         self._max_rpc_seconds = max_rpc_seconds
 
     async def intercept_service(
@@ -79,90 +93,99 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or method in UNAUTHENTICATED_METHODS:
             return handler
-        if method not in self._required_scopes and method not in ANY_SCOPE_METHODS:
-            # A registered method without a scope entry is a programming error: deny it.
-            log.error("method has no scope; denying", method=method)
-            scope = None
-        else:
-            scope = self._required_scopes.get(method)
-        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(handler, method, scope)
+        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(handler, method)
         return wrapped
 
-    async def _admit(
-        self, context: grpc.aio.ServicerContext[Any, Any], method: str, scope: Scope | None
-    ) -> None:
-        """Authenticates and authorizes the caller, or aborts the RPC."""
-        structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=uuid.uuid4().hex[:16], method=method)
+    async def _admit(self, context: Context, method: str) -> Principal:
+        """Authenticates and authorizes the caller; raises _Rejected otherwise."""
         token = bearer_token(context.invocation_metadata())
         principal = await self._authenticate(token) if token is not None else None
         if principal is None:
             log.info("rpc rejected", code="UNAUTHENTICATED")
-            await errors.abort(context, errors.unauthenticated_status())
-        assert principal is not None
+            raise _Rejected(errors.unauthenticated_status())
         structlog.contextvars.bind_contextvars(
             key_id=principal.key_id, environment=principal.environment_name
         )
-        if method not in ANY_SCOPE_METHODS and (scope is None or scope not in principal.scopes):
-            scope_name = scope.value if scope else "none"
-            log.info("rpc rejected", code="PERMISSION_DENIED", scope=scope_name)
-            await errors.abort(context, errors.permission_denied_status(scope_name))
+        if method not in ANY_SCOPE_METHODS:
+            scope = self._required_scopes.get(method)
+            if scope is None or scope not in principal.scopes:
+                # A registered method missing from the scope table is denied, never allowed.
+                scope_name = scope.value if scope else "none"
+                log.info("rpc rejected", code="PERMISSION_DENIED", scope=scope_name)
+                raise _Rejected(errors.permission_denied_status(scope_name))
         _principal.set(principal)
+        return principal
 
-    async def _fail(self, context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> None:
-        """Ends the RPC for an exception raised by the handler; never sends exception text."""
+    def _status_for(self, error: Exception, request_id: str) -> status_pb2.Status:
+        """The status ending a failed call; never carries exception text."""
+        if isinstance(error, _Rejected):
+            return error.status
         if isinstance(error, DomainError):
-            status = errors.status_for_domain_error(error)
-            log.info(
-                "rpc failed",
-                code=grpc.StatusCode(errors.status_code_for(error)).name,
-                reason=error.reason,
-            )
-        elif isinstance(error, TimeoutError):
-            status = errors.deadline_status()
+            log.info("rpc failed", code=errors.status_code_for(error).name, reason=error.reason)
+            return errors.status_for_domain_error(error)
+        if isinstance(error, TimeoutError):
             log.warning("rpc exceeded the server deadline")
-        else:
-            request_id = structlog.contextvars.get_contextvars().get("request_id", "?")
-            log.error("unexpected error", error_type=type(error).__name__, exc_info=error)
-            status = errors.internal_status(str(request_id))
-        await errors.abort(context, status)
+            return errors.deadline_status()
+        log.error("unexpected error", error_type=type(error).__name__, exc_info=error)
+        return errors.internal_status(request_id)
 
-    def _deadline(self, context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    def _deadline(self, context: Context) -> float:
         remaining = context.time_remaining()
         return self._max_rpc_seconds if remaining is None else min(remaining, self._max_rpc_seconds)
 
-    def _wrap(self, handler: Any, method: str, scope: Scope | None) -> Any:
+    def _wrap(self, handler: Any, method: str) -> Any:
         """A copy of ``handler`` (a grpc RpcMethodHandler namedtuple) whose behavior admits the
         caller first and maps failures; same cardinality and serializers."""
         if handler.response_streaming:
-            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
-
-            async def streaming(
-                request: Any, context: grpc.aio.ServicerContext[Any, Any]
-            ) -> AsyncIterator[Any]:
-                try:
-                    await self._admit(context, method, scope)
-                    async for response in behavior(request, context):
-                        yield response
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as error:
-                    await self._fail(context, error)
-
-            field = "stream_stream" if handler.request_streaming else "unary_stream"
-            return handler._replace(**{field: streaming})
-
+            return self._wrap_streaming(handler, method)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
 
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        async def unary(request: Any, context: Context) -> Any:
+            request_id = _start_request(method)
+            principal: Principal | None = None
+            event_id: int | None = None
             try:
-                await self._admit(context, method, scope)
                 async with asyncio.timeout(self._deadline(context)):
-                    return await behavior(request, context)
+                    principal = await self._admit(context, method)
+                    event_id = await self._auditor.before(request_id, principal, method, request)
+                    response = await behavior(request, context)
+                    await self._auditor.succeeded(
+                        event_id, request_id, principal, method, request, response
+                    )
+                    return response
             except grpc.aio.AbortError:
                 raise
-            except Exception as error:
-                await self._fail(context, error)
+            except Exception as error:  # noqa: BLE001 - last-resort mapping
+                status = self._status_for(error, request_id)
+                if principal is not None:
+                    await self._auditor.failed(
+                        event_id, request_id, principal, method, request, _code_name(status)
+                    )
+                await errors.abort(context, status)
 
         field = "stream_unary" if handler.request_streaming else "unary_unary"
         return handler._replace(**{field: unary})
+
+    def _wrap_streaming(self, handler: Any, method: str) -> Any:
+        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            request_id = _start_request(method)
+            try:
+                await self._admit(context, method)
+                async for response in behavior(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Exception as error:  # noqa: BLE001 - last-resort mapping
+                await errors.abort(context, self._status_for(error, request_id))
+
+        field = "stream_stream" if handler.request_streaming else "unary_stream"
+        return handler._replace(**{field: streaming})
+
+
+def _start_request(method: str) -> str:
+    request_id = uuid.uuid4().hex[:16]
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
+    return request_id

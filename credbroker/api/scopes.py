@@ -19,4 +19,5 @@ REQUIRED_SCOPES: dict[str, Scope] = {
     _CONNECTIONS + "UpdateConnection": Scope.CONNECTIONS_WRITE,
     _CONNECTIONS + "DeleteConnection": Scope.CONNECTIONS_WRITE,
     _CONNECTIONS + "AccessCredentials": Scope.CREDENTIALS_READ,
+    "/credbroker.v1.AuditService/ListAuditEvents": Scope.AUDIT_READ,
 }

@@ -25,6 +25,7 @@ class Scope(enum.Enum):
     CONNECTIONS_READ = "connections:read"
     CONNECTIONS_WRITE = "connections:write"
     CREDENTIALS_READ = "credentials:read"
+    AUDIT_READ = "audit:read"
 
 
 ALL_SCOPES: frozenset[Scope] = frozenset(Scope)

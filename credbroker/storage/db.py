@@ -89,6 +89,10 @@ class Database:
         async with self.connection() as connection:
             return await connection.fetchrow(query, *args)
 
+    async def fetchval(self, query: str, *args: Any) -> Any:
+        async with self.connection() as connection:
+            return await connection.fetchval(query, *args)
+
     async def execute(self, query: str, *args: Any) -> str:
         async with self.connection() as connection:
             return await connection.execute(query, *args)
