@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from dataclasses import dataclass
 
@@ -62,16 +63,33 @@ def key_service(backend: Backend) -> KeyService:
     )
 
 
+LAST_USED_FLUSH_SECONDS = 30.0
+
+
+async def _flush_last_used_periodically(keys: KeyService, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await keys.flush_last_used()
+        except Exception as exc:  # noqa: BLE001 - bookkeeping only; retried next interval
+            log.warning("could not record key last-use times", error_type=type(exc).__name__)
+
+
 @dataclass
 class RunningServer:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    keys: KeyService
+    flusher: asyncio.Task[None]
 
     async def stop(self, grace: float) -> None:
         """Drains: health turns NOT_SERVING first, then in-flight RPCs get ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+        self.flusher.cancel()
+        with contextlib.suppress(Exception):
+            await self.keys.flush_last_used()
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -139,7 +157,8 @@ async def start_server(
     await server.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, health_servicer)
+    flusher = asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))
+    return RunningServer(server, port, health_servicer, keys, flusher)
 
 
 async def serve(settings: Settings, *, listen: str | None = None) -> None:

@@ -46,6 +46,15 @@ class BoundCipher:
             log.error("ciphertext failed authentication", purpose=purpose, error=str(exc))
             raise DataIntegrityError("stored ciphertext failed authentication") from None
 
+    def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+        try:
+            return self._cipher.rewrap(blob, encryption_context(purpose, *binding))
+        except IntegrityError as exc:
+            log.error(
+                "ciphertext failed authentication during rewrap", purpose=purpose, error=str(exc)
+            )
+            raise DataIntegrityError("stored ciphertext failed authentication") from None
+
 
 def load_keyring(settings: Settings) -> Keyring:
     try:

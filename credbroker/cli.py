@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -14,13 +16,24 @@ from pydantic import ValidationError
 
 from credbroker import dev
 from credbroker.app import key_service, serve
-from credbroker.bootstrap import Backend, StartupError, open_backend
+from credbroker.bootstrap import (
+    Backend,
+    BoundCipher,
+    StartupError,
+    load_keyring,
+    open_backend,
+    verify_master_keys,
+)
 from credbroker.config import Settings
-from credbroker.crypto import generate_keyring
+from credbroker.crypto import EnvelopeCipher, Keyring, KeyringError, generate_keyring
+from credbroker.domain.audit import AuditEvent
 from credbroker.domain.errors import DomainError
 from credbroker.domain.keys import parse_scopes
 from credbroker.domain.models import ALL_SCOPES
+from credbroker.domain.rotation import KeyRotationService
 from credbroker.logs import configure_logging
+from credbroker.storage.audit import PostgresAuditLog
+from credbroker.storage.master_keys import PostgresMasterKeyRepository
 
 log = structlog.get_logger("credbroker")
 
@@ -50,9 +63,36 @@ def _build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", parents=[common], help="apply database migrations")
 
-    keyring_cmd = commands.add_parser("keyring", help="master keyring tools")
+    keyring_cmd = commands.add_parser("keyring", help="master keyring tools and key rotation")
     keyring_sub = keyring_cmd.add_subparsers(dest="keyring_command", required=True)
     keyring_sub.add_parser("generate", help="print a new keyring JSON")
+    edit = argparse.ArgumentParser(add_help=False)
+    edit.add_argument(
+        "--file",
+        type=argparse.FileType("r"),
+        default=sys.stdin,
+        help="keyring JSON to edit (default: standard input); the result goes to standard output",
+    )
+    keyring_sub.add_parser(
+        "add-key", parents=[edit], help="add a new decrypt-only key (rotation step 1)"
+    )
+    promote = keyring_sub.add_parser(
+        "promote", parents=[edit], help="make a key primary for new writes (rotation step 2)"
+    )
+    promote.add_argument("key_id", type=int)
+    retire = keyring_sub.add_parser(
+        "retire", parents=[edit], help="remove a key no data uses any more (rotation step 4)"
+    )
+    retire.add_argument("key_id", type=int)
+    keyring_sub.add_parser(
+        "status", parents=[common], help="the configured keyring and stored rows per key id"
+    )
+    rewrap = keyring_sub.add_parser(
+        "rewrap",
+        parents=[common],
+        help="rewrap every data key under the primary key (rotation step 3; online, resumable)",
+    )
+    rewrap.add_argument("--batch-size", type=int, default=500)
 
     env_cmd = commands.add_parser("environments", help="manage environments")
     env_sub = env_cmd.add_subparsers(dest="environments_command", required=True)
@@ -77,6 +117,22 @@ def _build_parser() -> argparse.ArgumentParser:
     keys_list.add_argument("--environment", required=True)
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key")
     revoke.add_argument("key_id")
+    roll = keys_sub.add_parser(
+        "roll",
+        parents=[common],
+        help="replace a key: prints the successor; the old key works for --grace more",
+    )
+    roll.add_argument("key_id")
+    roll.add_argument("--grace", type=_parse_duration, default=timedelta(hours=1))
+
+    audit_cmd = commands.add_parser("audit", help="read the audit trail")
+    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
+    tail = audit_sub.add_parser(
+        "tail", parents=[common], help="print recent audit events, oldest first, as JSON lines"
+    )
+    tail.add_argument("--environment", help="only this environment")
+    tail.add_argument("-n", "--limit", type=int, default=20)
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     return parser
 
 
@@ -121,6 +177,59 @@ async def _run(args: argparse.Namespace) -> None:
         await _with_backend(settings, lambda backend: _environments(args, backend))
     elif args.command == "keys":
         await _with_backend(settings, lambda backend: _keys(args, backend))
+    elif args.command == "keyring":
+        keyring = load_keyring(settings)
+        await _with_backend(settings, lambda backend: _keyring(args, backend, keyring))
+    elif args.command == "audit":
+        await _with_backend(settings, lambda backend: _audit_tail(args, backend))
+
+
+async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring) -> None:
+    await verify_master_keys(backend.db, keyring)
+    repository = PostgresMasterKeyRepository(backend.db)
+    if args.keyring_command == "rewrap":
+        rotation = KeyRotationService(
+            repository, BoundCipher(EnvelopeCipher(keyring)), keyring.primary_key_id
+        )
+        total = await rotation.rewrap_all(
+            batch_size=args.batch_size,
+            on_batch=lambda n: print(f"rewrapped {n} rows", file=sys.stderr),
+        )
+        print(f"rewrap complete: {total} rows now under master key {keyring.primary_key_id}")
+        return
+    rows = await repository.rows_per_key()
+    print(f"primary key id: {keyring.primary_key_id}")
+    print(f"min decryption key id: {keyring.min_decryption_key_id}")
+    print(f"configured key ids: {', '.join(str(k) for k in sorted(keyring.keys))}")
+    print("stored blobs per key id:")
+    for key_id in sorted(set(rows) | set(keyring.keys)):
+        note = "" if key_id in keyring.keys else "  (NOT CONFIGURED)"
+        print(f"  {key_id}\t{rows.get(key_id, 0)}{note}")
+
+
+async def _audit_tail(args: argparse.Namespace, backend: Backend) -> None:
+    environment_id = None
+    if args.environment:
+        environment_id = (await key_service(backend).environment(args.environment)).id
+    audit_log = PostgresAuditLog(backend.db)
+    newest = await audit_log.list(
+        environment_id, integration_id="", connection_id="", before=None, limit=args.limit
+    )
+    last_seen = newest[0].event_id if newest else 0
+    for event in reversed(newest):
+        print(_event_json(event), flush=True)
+    while args.follow:
+        await asyncio.sleep(1.0)
+        fresh = await audit_log.list_after(environment_id, last_seen, limit=1000)
+        for event in fresh:
+            print(_event_json(event), flush=True)
+            last_seen = event.event_id
+
+
+def _event_json(event: AuditEvent) -> str:
+    document = dataclasses.asdict(event)
+    document["event_time"] = event.event_time.isoformat()
+    return json.dumps(document, separators=(",", ":"))
 
 
 async def _environments(args: argparse.Namespace, backend: Backend) -> None:
@@ -157,12 +266,32 @@ async def _keys(args: argparse.Namespace, backend: Backend) -> None:
             )
             expires = record.expire_time.isoformat() if record.expire_time else "never"
             scope_list = ",".join(sorted(s.value for s in record.scopes))
+            used = record.last_used_time.isoformat() if record.last_used_time else "never"
             print(
-                f"{record.key_id}\t{state}\t{scope_list}\texpires={expires}\t{record.description}"
+                f"{record.key_id}\t{state}\t{scope_list}\texpires={expires}\tlast_used={used}"
+                f"\t{record.description}"
             )
+    elif args.keys_command == "roll":
+        token, record = await keys.roll_key(args.key_id, args.grace)
+        print(
+            f"key_id: {record.key_id} (replaces {args.key_id}, which stops working in {args.grace})"
+        )
+        print("secret key (shown once, store it now):")
+        print(token)
     else:
         await keys.revoke_key(args.key_id)
         print(f"revoked {args.key_id}")
+
+
+def _edit_keyring(args: argparse.Namespace) -> Keyring:
+    if args.keyring_command == "generate":
+        return generate_keyring()
+    keyring = Keyring.from_json(args.file.read())
+    if args.keyring_command == "add-key":
+        return keyring.with_new_key()
+    if args.keyring_command == "promote":
+        return keyring.promote(args.key_id)
+    return keyring.retire(args.key_id)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,8 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     dev_console = getattr(args, "dev", False) and "CREDBROKER_LOG_FORMAT" not in os.environ
     configure_logging("console" if dev_console else base.log_format, base.log_level)
-    if args.command == "keyring":
-        print(generate_keyring().to_json())
+    if args.command == "keyring" and args.keyring_command not in {"status", "rewrap"}:
+        try:
+            print(_edit_keyring(args).to_json())
+        except KeyringError as exc:
+            print(f"credbroker: {exc}", file=sys.stderr)
+            return 1
         return 0
     try:
         asyncio.run(_run(args))

@@ -67,7 +67,7 @@ def _not_found() -> NotFoundError:
     return NotFoundError(CONNECTION_NOT_FOUND, reason="CONNECTION_NOT_FOUND")
 
 
-def _binding(
+def binding(
     environment_id: uuid.UUID, integration_id: str, id: uuid.UUID
 ) -> tuple[bytes | str, ...]:
     """The immutable identity of a row owning a ciphertext: moved elsewhere, it fails to decrypt."""
@@ -106,7 +106,7 @@ class ConnectionService:
         return self._cipher.encrypt(
             plaintext,
             purpose=purpose,
-            binding=_binding(connection.environment_id, connection.integration_id, connection.id),
+            binding=binding(connection.environment_id, connection.integration_id, connection.id),
         )
 
     def _validate_draft(
@@ -281,12 +281,12 @@ class ConnectionService:
         if found is None:
             raise _not_found()
         connection, secrets = found
-        binding = _binding(connection.environment_id, connection.integration_id, connection.id)
+        bound = binding(connection.environment_id, connection.integration_id, connection.id)
         credentials_plain = self._cipher.decrypt(
-            secrets.credentials, purpose=CREDENTIALS_PURPOSE, binding=binding
+            secrets.credentials, purpose=CREDENTIALS_PURPOSE, binding=bound
         )
         config_plain = self._cipher.decrypt(
-            secrets.connection_config, purpose=CONFIG_PURPOSE, binding=binding
+            secrets.connection_config, purpose=CONFIG_PURPOSE, binding=bound
         )
         try:
             credentials = _deserialize_credentials(connection.auth_mode, credentials_plain)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from credbroker.domain import secret_keys
-from credbroker.domain.errors import NotFoundError
+from credbroker.domain.errors import FailedPreconditionError, NotFoundError
 from credbroker.domain.models import ALL_SCOPES, Environment, Principal, Scope, SecretKeyRecord
 from credbroker.domain.ports import EnvironmentRepository, SecretKeyRepository
 from credbroker.domain.validation import check_environment_name
@@ -29,6 +29,8 @@ class KeyService:
     def __init__(self, environments: EnvironmentRepository, keys: SecretKeyRepository) -> None:
         self._environments = environments
         self._keys = keys
+        # key id -> last successful authentication, flushed in batches by flush_last_used().
+        self._last_used: dict[str, datetime] = {}
 
     async def create_environment(self, name: str) -> Environment:
         check_environment_name(name)
@@ -75,6 +77,31 @@ class KeyService:
         if not secret_keys.KEY_ID_PATTERN.fullmatch(key_id) or not await self._keys.revoke(key_id):
             raise NotFoundError(f"key {key_id!r} not found", reason="KEY_NOT_FOUND")
 
+    async def roll_key(self, key_id: str, grace: timedelta) -> tuple[str, SecretKeyRecord]:
+        """Creates a successor with the same environment and scopes; the old key keeps working
+        for ``grace`` (or until its own earlier expiry), then stops."""
+        old = await self._keys.get(key_id) if secret_keys.KEY_ID_PATTERN.fullmatch(key_id) else None
+        now = datetime.now(UTC)
+        if old is None:
+            raise NotFoundError(f"key {key_id!r} not found", reason="KEY_NOT_FOUND")
+        if not old.is_active(now):
+            raise FailedPreconditionError(
+                f"key {key_id!r} is revoked or expired", reason="KEY_INACTIVE"
+            )
+        token, record = await self.create_key(
+            old.environment_name,
+            old.scopes,
+            expire_time=old.expire_time,
+            description=old.description or f"rolled from {key_id}",
+        )
+        await self._keys.expire_by(key_id, now + grace)
+        return token, record
+
+    async def flush_last_used(self) -> None:
+        """Writes the last-use times gathered since the previous flush in one statement."""
+        used, self._last_used = self._last_used, {}
+        await self._keys.record_last_used(used)
+
     async def authenticate(self, token: str) -> Principal | None:
         """The caller behind a presented key, or None. All failures look the same to callers."""
         parsed = secret_keys.parse_key(token)
@@ -84,8 +111,10 @@ class KeyService:
         if not secret_keys.secret_matches(parsed, record.secret_hash if record else None):
             return None
         assert record is not None
-        if not record.is_active(datetime.now(UTC)):
+        now = datetime.now(UTC)
+        if not record.is_active(now):
             return None
+        self._last_used[record.key_id] = now
         return Principal(
             record.key_id, record.environment_id, record.environment_name, record.scopes
         )

@@ -61,6 +61,7 @@ class SecretKeyRecord:
     expire_time: datetime | None = None
     revoke_time: datetime | None = None
     description: str = ""
+    last_used_time: datetime | None = None
 
     def is_active(self, now: datetime) -> bool:
         if self.revoke_time is not None:

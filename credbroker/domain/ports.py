@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
@@ -29,6 +30,10 @@ class Cipher(Protocol):
     ) -> bytes: ...
 
     def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes: ...
+
+    def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+        """The same payload with its data key wrapped under the primary master key."""
+        ...
 
 
 class IntegrationRepository(Protocol):
@@ -132,3 +137,9 @@ class SecretKeyRepository(Protocol):
     async def revoke(self, key_id: str) -> bool:
         """Marks the key revoked; False if no such key (revoking twice keeps the first time)."""
         ...
+
+    async def expire_by(self, key_id: str, expire_time: datetime) -> None:
+        """Moves the key's expiry to ``expire_time`` unless it already expires sooner."""
+        ...
+
+    async def record_last_used(self, used: Mapping[str, datetime]) -> None: ...

@@ -54,6 +54,20 @@ class PostgresAuditLog:
             connection_id,
         )
 
+    async def list_after(
+        self, environment_id: UUID | None, after: int, *, limit: int
+    ) -> list[AuditEvent]:
+        """Events newer than ``after``, oldest first (for following the trail)."""
+        rows = await self._db.fetch(
+            """SELECT * FROM audit_events
+               WHERE ($1::uuid IS NULL OR environment_id = $1) AND id > $2
+               ORDER BY id LIMIT $3""",
+            environment_id,
+            after,
+            limit,
+        )
+        return [_event(r) for r in rows]
+
     async def list(
         self,
         environment_id: UUID | None,

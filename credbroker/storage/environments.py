@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from datetime import datetime
 
 import asyncpg
 
@@ -43,7 +45,7 @@ class PostgresEnvironmentRepository:
 
 
 _KEY_COLUMNS = """k.key_id, k.environment_id, e.name AS environment_name, k.scopes, k.secret_hash,
-    k.description, k.create_time, k.expire_time, k.revoke_time"""
+    k.description, k.create_time, k.expire_time, k.revoke_time, k.last_used_time"""
 
 
 def _key(row: asyncpg.Record) -> SecretKeyRecord:
@@ -57,6 +59,7 @@ def _key(row: asyncpg.Record) -> SecretKeyRecord:
         expire_time=row["expire_time"],
         revoke_time=row["revoke_time"],
         description=row["description"],
+        last_used_time=row["last_used_time"],
     )
 
 
@@ -102,3 +105,22 @@ class PostgresSecretKeyRepository:
             key_id,
         )
         return status != "UPDATE 0"
+
+    async def expire_by(self, key_id: str, expire_time: datetime) -> None:
+        await self._db.execute(
+            """UPDATE secret_keys SET expire_time = least(coalesce(expire_time, $2), $2)
+               WHERE key_id = $1""",
+            key_id,
+            expire_time,
+        )
+
+    async def record_last_used(self, used: Mapping[str, datetime]) -> None:
+        if not used:
+            return
+        await self._db.execute(
+            """UPDATE secret_keys k SET last_used_time = greatest(k.last_used_time, u.used)
+               FROM unnest($1::text[], $2::timestamptz[]) AS u(key_id, used)
+               WHERE k.key_id = u.key_id""",
+            list(used),
+            list(used.values()),
+        )

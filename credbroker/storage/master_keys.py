@@ -1,7 +1,8 @@
-"""Master-key check values and which master keys the stored data uses."""
+"""Master keys as the database sees them: check values, rows per key id, and rewrapping."""
 
 from __future__ import annotations
 
+from credbroker.domain.rotation import Rewrap, StoredSecrets
 from credbroker.storage.db import Database
 
 
@@ -35,3 +36,38 @@ class PostgresMasterKeyRepository:
                GROUP BY key_id ORDER BY key_id"""
         )
         return {row["key_id"]: row["n"] for row in rows}
+
+    async def count_not_under(self, primary_key_id: int) -> int:
+        count = await self._db.fetchval(
+            """SELECT count(*) FROM connections
+               WHERE credentials_key_id <> $1 OR config_key_id <> $1""",
+            primary_key_id,
+        )
+        return int(count)
+
+    async def rewrap_batch(self, primary_key_id: int, limit: int, rewrap: Rewrap) -> int:
+        async with self._db.transaction() as connection:
+            rows = await connection.fetch(
+                """SELECT id, environment_id, integration_id, credentials_blob, config_blob
+                   FROM connections
+                   WHERE credentials_key_id <> $1 OR config_key_id <> $1
+                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                primary_key_id,
+                limit,
+            )
+            updates = []
+            for row in rows:
+                stored = StoredSecrets(
+                    row["id"],
+                    row["environment_id"],
+                    row["integration_id"],
+                    bytes(row["credentials_blob"]),
+                    bytes(row["config_blob"]),
+                )
+                credentials, config = rewrap(stored)
+                updates.append((row["id"], credentials, config))
+            await connection.executemany(
+                "UPDATE connections SET credentials_blob = $2, config_blob = $3 WHERE id = $1",
+                updates,
+            )
+        return len(rows)
