@@ -112,6 +112,19 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _add_port(server: grpc.aio.Server, settings: Settings, address: str) -> int:
+    """Binds ``address``: TLS when a certificate is configured, mutual TLS with a client CA."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return server.add_insecure_port(address)
+    client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
+    return server.add_secure_port(address, credentials)
+
+
 async def start_server(
     settings: Settings, backend: Backend, keyring: Keyring, listen: str | None = None
 ) -> RunningServer:
@@ -151,7 +164,7 @@ async def start_server(
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    port = server.add_insecure_port(listen or settings.listen)
+    port = _add_port(server, settings, listen or settings.listen)
     if port == 0:
         raise OSError(f"cannot listen on {listen or settings.listen}")
     await server.start()
@@ -172,6 +185,7 @@ async def serve(settings: Settings, *, listen: str | None = None) -> None:
             listen=listen or settings.listen,
             port=running.port,
             reflection=settings.reflection,
+            tls="mutual" if settings.tls_client_ca else "on" if settings.tls_cert else "off",
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

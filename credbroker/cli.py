@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import structlog
 from pydantic import ValidationError
@@ -60,6 +61,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--listen", help="HOST:PORT (default 127.0.0.1:50051, CREDBROKER_LISTEN)"
     )
     serve_cmd.add_argument("--no-reflection", action="store_true", help="do not serve reflection")
+    serve_cmd.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
+    serve_cmd.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
+    serve_cmd.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA bundle; clients must present a cert it signed"
+    )
 
     commands.add_parser("migrate", parents=[common], help="apply database migrations")
 
@@ -156,8 +162,13 @@ async def _run(args: argparse.Namespace) -> None:
     if args.command == "serve":
         if args.listen:
             settings = settings.model_copy(update={"listen": Settings(listen=args.listen).listen})
-        if args.no_reflection:
-            settings = settings.model_copy(update={"reflection": False})
+        overrides = {
+            "reflection": False if args.no_reflection else settings.reflection,
+            "tls_cert": args.tls_cert or settings.tls_cert,
+            "tls_key": args.tls_key or settings.tls_key,
+            "tls_client_ca": args.tls_client_ca or settings.tls_client_ca,
+        }
+        settings = Settings.model_validate({**settings.model_dump(), **overrides})
         if args.dev:
 
             async def first_key(backend: Backend) -> None:

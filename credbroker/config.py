@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -32,6 +32,19 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(256, ge=1, description="beyond this, RESOURCE_EXHAUSTED")
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="largest request accepted")
     shutdown_grace: float = Field(5.0, ge=0, description="seconds in-flight RPCs get on shutdown")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA bundle: require client certs (mTLS)"
+    )
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("CREDBROKER_TLS_CERT and CREDBROKER_TLS_KEY go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("CREDBROKER_TLS_CLIENT_CA needs CREDBROKER_TLS_CERT and _KEY")
+        return self
 
     @field_validator("listen")
     @classmethod
