@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from credbroker.domain.audit import UNFINISHED, AuditLog, AuditRecord
+from credbroker.domain.errors import UnavailableError
 from credbroker.domain.models import Principal
 
 log = structlog.get_logger("credbroker.audit")
@@ -63,7 +64,7 @@ class Auditor:
         """Records a mutating call before it runs; raises UnavailableError if it cannot."""
         if method not in MUTATING_METHODS:
             return None
-        return await self._log.append(
+        return await self._append_or_refuse(
             self._record(request_id, principal, method, request, UNFINISHED)
         )
 
@@ -78,7 +79,7 @@ class Auditor:
     ) -> None:
         """Records success; for reveals this must succeed before the response is released."""
         if method in REVEAL_METHODS:
-            await self._log.append(self._record(request_id, principal, method, request, "OK"))
+            await self._append_or_refuse(self._record(request_id, principal, method, request, "OK"))
         elif event_id is not None:
             await self._finish(event_id, "OK", resource_ids(response)[1])
 
@@ -101,6 +102,14 @@ class Auditor:
                 )
         except Exception as exc:  # noqa: BLE001 - best effort by design; logged for operators
             log.error("audit record failed", outcome=outcome, error_type=type(exc).__name__)
+
+    async def _append_or_refuse(self, record: AuditRecord) -> int:
+        """Appends, or raises UnavailableError whatever the cause: no record, no service."""
+        try:
+            return await self._log.append(record)
+        except Exception as exc:  # noqa: BLE001 - any failure to record refuses the call
+            log.error("audit record failed; refusing the call", error_type=type(exc).__name__)
+            raise UnavailableError("the audit trail cannot be written") from None
 
     async def _finish(self, event_id: int, outcome: str, connection_id: str) -> None:
         try:

@@ -96,8 +96,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(handler, method)
         return wrapped
 
-    async def _admit(self, context: Context, method: str) -> Principal:
-        """Authenticates and authorizes the caller; raises _Rejected otherwise."""
+    async def _authenticated(self, context: Context) -> Principal:
+        """The caller behind the call's secret key; raises _Rejected if there is none."""
         token = bearer_token(context.invocation_metadata())
         principal = await self._authenticate(token) if token is not None else None
         if principal is None:
@@ -106,6 +106,10 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         structlog.contextvars.bind_contextvars(
             key_id=principal.key_id, environment=principal.environment_name
         )
+        return principal
+
+    def _authorize(self, principal: Principal, method: str) -> None:
+        """Checks the method's scope; raises _Rejected if the key lacks it."""
         if method not in ANY_SCOPE_METHODS:
             scope = self._required_scopes.get(method)
             if scope is None or scope not in principal.scopes:
@@ -114,7 +118,6 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 log.info("rpc rejected", code="PERMISSION_DENIED", scope=scope_name)
                 raise _Rejected(errors.permission_denied_status(scope_name))
         _principal.set(principal)
-        return principal
 
     def _status_for(self, error: Exception, request_id: str) -> status_pb2.Status:
         """The status ending a failed call; never carries exception text."""
@@ -146,7 +149,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             event_id: int | None = None
             try:
                 async with asyncio.timeout(self._deadline(context)):
-                    principal = await self._admit(context, method)
+                    principal = await self._authenticated(context)
+                    self._authorize(principal, method)
                     event_id = await self._auditor.before(request_id, principal, method, request)
                     response = await behavior(request, context)
                     await self._auditor.succeeded(
@@ -172,7 +176,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
             request_id = _start_request(method)
             try:
-                await self._admit(context, method)
+                self._authorize(await self._authenticated(context), method)
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:
