@@ -27,8 +27,13 @@ _SECRET_FIELDS = {
 
 
 def _mask(value: Any) -> Any:
+    """Masks secret keys in strings, recursing into containers; secret-named keys hide values."""
     if isinstance(value, str):
         return _SECRET_KEY.sub(r"cbsk_\1_<redacted>", value)
+    if isinstance(value, dict):
+        return {k: "<redacted>" if k in _SECRET_FIELDS else _mask(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_mask(item) for item in value)
     return value
 
 

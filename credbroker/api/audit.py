@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import structlog
@@ -16,6 +17,7 @@ import structlog
 from credbroker.domain.audit import UNFINISHED, AuditLog, AuditRecord
 from credbroker.domain.errors import UnavailableError
 from credbroker.domain.models import Principal
+from credbroker.domain.validation import CONNECTION_ID_PATTERN, INTEGRATION_ID_PATTERN
 
 log = structlog.get_logger("credbroker.audit")
 
@@ -35,13 +37,24 @@ MUTATING_METHODS = frozenset(
 )
 
 
+INVALID_ID = "<invalid>"
+
+
+def _recordable(value: str, pattern: re.Pattern[str]) -> str:
+    """The id itself if it is well-formed; invalid input is never copied into the trail."""
+    return value if not value or pattern.fullmatch(value) else INVALID_ID
+
+
 def resource_ids(message: Any) -> tuple[str, str]:
     """(integration_id, connection_id) named by a request or response message, '' if none."""
     for nested in ("connection", "integration"):
         if hasattr(message, nested) and message.HasField(nested):
             message = getattr(message, nested)
             break
-    return getattr(message, "integration_id", ""), getattr(message, "connection_id", "")
+    return (
+        _recordable(getattr(message, "integration_id", ""), INTEGRATION_ID_PATTERN),
+        _recordable(getattr(message, "connection_id", ""), CONNECTION_ID_PATTERN),
+    )
 
 
 class Auditor:

@@ -55,14 +55,19 @@ class IntegrationServicer(pb_grpc.IntegrationServiceServicer):
     ) -> resources_pb2.Integration:
         paths = frozenset(request.update_mask.paths)
         if "*" in paths:
-            paths = frozenset({"display_name"})
+            paths = frozenset({"display_name", "provider"})
         elif not paths:
-            paths = frozenset({"display_name"} if request.integration.display_name else set())
+            populated = {
+                "display_name": request.integration.display_name,
+                "provider": request.integration.provider,
+            }
+            paths = frozenset(name for name, value in populated.items() if value)
         integration = await self._service.update(
             current_principal(),
             request.integration.integration_id,
             paths,
             request.integration.display_name,
+            request.integration.provider,
         )
         return integration_to_proto(integration)
 

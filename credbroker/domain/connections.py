@@ -310,7 +310,7 @@ def _check_ids(integration_id: str, connection_id: str) -> None:
 def _parse_etag(etag: str) -> int | None:
     if not etag:
         return None
-    if not etag.isdigit() or len(etag) > 18:
+    if not (etag.isascii() and etag.isdigit()) or len(etag) > 18:
         raise InvalidArgumentError.single(
             "connection.etag", "is not an etag returned by the server"
         )

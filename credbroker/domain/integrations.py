@@ -78,10 +78,22 @@ class IntegrationService:
         return Page(items, (items[-1].integration_id,) if more and items else None)
 
     async def update(
-        self, principal: Principal, integration_id: str, paths: frozenset[str], display_name: str
+        self,
+        principal: Principal,
+        integration_id: str,
+        paths: frozenset[str],
+        display_name: str,
+        provider: str = "",
     ) -> Integration:
+        """Updates ``display_name``. ``provider`` is immutable: naming it is accepted only when it
+        repeats the stored value (clients often send back the resource they read)."""
         v = Violations()
         check_integration_id(v, "integration.integration_id", integration_id)
+        if "provider" in paths:
+            v.raise_if_any()
+            current = await self.get(principal, integration_id)
+            if provider == current.provider:
+                paths = paths - {"provider"}
         for path in sorted(paths - {"display_name"}):
             if path in {"provider", "integration_id"}:
                 v.add("update_mask", f"{path} is immutable")

@@ -28,8 +28,8 @@ class CatalogError(ValueError):
     """The shipped catalog is invalid: a packaging bug, raised at import of the catalog."""
 
 
-def _parse_entry(name: str, raw: Any) -> Provider:
-    if not PROVIDER_NAME_PATTERN.fullmatch(name):
+def _parse_entry(name: Any, raw: Any) -> Provider:
+    if not isinstance(name, str) or not PROVIDER_NAME_PATTERN.fullmatch(name):
         raise CatalogError(f"provider {name!r}: invalid name")
     if not isinstance(raw, dict):
         raise CatalogError(f"provider {name!r}: entry must be a mapping")
