@@ -79,9 +79,7 @@ async def verify_master_keys(db: Database, keyring: Keyring) -> None:
     checks = await repository.check_blobs()
     for key_id, key in sorted(keyring.keys.items()):
         check = checks.get(key_id)
-        if check is None:
-            await repository.add_check_blob(key_id, make_key_check(key_id, key))
-        elif not verify_key_check(key_id, key, check):
+        if check is not None and not verify_key_check(key_id, key, check):
             raise StartupError(
                 f"master key {key_id} does not match the key first used under that id"
             )
@@ -97,6 +95,10 @@ async def verify_master_keys(db: Database, keyring: Keyring) -> None:
             f"stored data uses master key(s) {too_old} below min_decryption_key_id "
             f"{keyring.min_decryption_key_id}; finish `credbroker keyring rewrap` first"
         )
+    # Only a keyring that passed every check registers its new key ids.
+    for key_id, key in sorted(keyring.keys.items()):
+        if key_id not in checks:
+            await repository.add_check_blob(key_id, make_key_check(key_id, key))
 
 
 @dataclass

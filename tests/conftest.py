@@ -94,10 +94,11 @@ def keyring() -> Keyring:
     return generate_keyring()
 
 
-def make_settings(database_url: str, keyring: Keyring, **overrides: object) -> Settings:
+def make_settings(url: str, ring: Keyring, **overrides: object) -> Settings:
+    """Test settings; ``overrides`` may replace any field, ``database_url`` and ``keyring`` too."""
     values: dict[str, object] = {
-        "database_url": database_url,
-        "keyring": keyring.to_json(),
+        "database_url": url,
+        "keyring": ring.to_json(),
         "listen": "127.0.0.1:0",
         "db_pool_min": 1,
         "db_pool_max": 10,
