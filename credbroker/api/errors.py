@@ -99,7 +99,7 @@ def status_for_domain_error(error: DomainError) -> status_pb2.Status:
     violations = None
     if isinstance(error, InvalidArgumentError):
         violations = [(v.field, v.description) for v in error.violations]
-    return build_status(code, message, error.reason, violations=violations)
+    return build_status(code, message, error.reason, metadata=error.metadata, violations=violations)
 
 
 def unauthenticated_status() -> status_pb2.Status:

@@ -19,7 +19,7 @@ from google.rpc import status_pb2
 
 from credbroker.api import errors
 from credbroker.api.audit import Auditor
-from credbroker.domain.errors import DomainError
+from credbroker.domain.errors import DomainError, InvalidArgumentError
 from credbroker.domain.models import Principal, Scope
 
 log = structlog.get_logger("credbroker.api")
@@ -90,10 +90,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
         method: str = handler_call_details.method
-        if handler is None or method in UNAUTHENTICATED_METHODS:
-            return handler
-        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(handler, method)
+        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(
+            handler, method, exempt=method in UNAUTHENTICATED_METHODS
+        )
         return wrapped
 
     async def _authenticated(self, context: Context) -> Principal:
@@ -136,11 +138,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         remaining = context.time_remaining()
         return self._max_rpc_seconds if remaining is None else min(remaining, self._max_rpc_seconds)
 
-    def _wrap(self, handler: Any, method: str) -> Any:
+    def _wrap(self, handler: Any, method: str, *, exempt: bool) -> Any:
         """A copy of ``handler`` (a grpc RpcMethodHandler namedtuple) whose behavior admits the
-        caller first and maps failures; same cardinality and serializers."""
+        caller first (unless ``exempt``) and maps failures; same cardinality and serializers.
+        Its request parser never raises: an unparsable request reaches the behavior as
+        ``UNDECODABLE`` and is refused there, after authentication, with INVALID_ARGUMENT."""
+        handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.response_streaming:
-            return self._wrap_streaming(handler, method)
+            return self._wrap_streaming(handler, method, exempt)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
 
         async def unary(request: Any, context: Context) -> Any:
@@ -149,8 +154,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             event_id: int | None = None
             try:
                 async with asyncio.timeout(self._deadline(context)):
+                    if exempt:
+                        return await behavior(_checked(request), context)
                     principal = await self._authenticated(context)
                     self._authorize(principal, method)
+                    request = _checked(request)
                     event_id = await self._auditor.before(request_id, principal, method, request)
                     response = await behavior(request, context)
                     await self._auditor.succeeded(
@@ -170,13 +178,17 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         field = "stream_unary" if handler.request_streaming else "unary_unary"
         return handler._replace(**{field: unary})
 
-    def _wrap_streaming(self, handler: Any, method: str) -> Any:
+    def _wrap_streaming(self, handler: Any, method: str, exempt: bool) -> Any:
         behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
 
         async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
             request_id = _start_request(method)
             try:
-                self._authorize(await self._authenticated(context), method)
+                if not exempt:
+                    self._authorize(await self._authenticated(context), method)
+                request = (
+                    _checked_stream(request) if handler.request_streaming else _checked(request)
+                )
                 async for response in behavior(request, context):
                     yield response
             except grpc.aio.AbortError:
@@ -186,6 +198,37 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         field = "stream_stream" if handler.request_streaming else "unary_stream"
         return handler._replace(**{field: streaming})
+
+
+class _Undecodable:
+    """Stands for a request message that failed to parse."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parse failure is refused later, after auth
+            return UNDECODABLE
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if request is UNDECODABLE:
+        raise InvalidArgumentError.single("request", "is not a valid message for this method")
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
 
 
 def _start_request(method: str) -> str:

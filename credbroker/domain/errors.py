@@ -30,9 +30,12 @@ class DomainError(Exception):
 
     reason = "ERROR"
 
-    def __init__(self, message: str, *, reason: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
+        self.metadata = metadata or {}
         if reason is not None:
             self.reason = reason
 

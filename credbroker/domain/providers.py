@@ -28,8 +28,17 @@ CREDENTIAL_FIELDS = {
 }
 HEADER_NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9\-]*")
 _ENTRY_FIELDS = {
-    "display_name", "auth_mode", "docs", "categories", "base_url", "headers", "query",
-    "connection_config", "integration_config", "verification", "generic",
+    "display_name",
+    "auth_mode",
+    "docs",
+    "categories",
+    "base_url",
+    "headers",
+    "query",
+    "connection_config",
+    "integration_config",
+    "verification",
+    "generic",
 }
 _FIELD_FIELDS = {"title", "description", "pattern", "optional", "secret", "default", "example"}
 
@@ -120,9 +129,9 @@ def _check_templates(provider: Provider) -> None:
         "connection_config": {f.name for f in provider.connection_config},
         "integration_config": {f.name for f in provider.integration_config},
     }
-    declared = {
-        ("connection_config", f.name): f for f in provider.connection_config
-    } | {("integration_config", f.name): f for f in provider.integration_config}
+    declared = {("connection_config", f.name): f for f in provider.connection_config} | {
+        ("integration_config", f.name): f for f in provider.integration_config
+    }
     templates = [("base_url", provider.base_url)]
     templates += [(f"headers.{k}", v) for k, v in provider.headers.items()]
     templates += [(f"query.{k}", v) for k, v in provider.query.items()]

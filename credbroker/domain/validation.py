@@ -84,11 +84,16 @@ def check_credentials(v: Violations, field: str, credentials: Credentials | None
             v.add(f"{field}.api_key.api_key", "is required")
         elif size > MAX_API_KEY_BYTES:
             v.add(f"{field}.api_key.api_key", f"must be at most {MAX_API_KEY_BYTES} bytes")
+        elif _has_control_chars(credentials.api_key):
+            # It goes into HTTP headers and query strings, where control characters break.
+            v.add(f"{field}.api_key.api_key", "must not contain control characters")
     elif isinstance(credentials, BasicCredentials):
         if len(credentials.username.encode("utf-8")) > MAX_USERNAME_BYTES:
             v.add(f"{field}.basic.username", f"must be at most {MAX_USERNAME_BYTES} bytes")
         if len(credentials.password.encode("utf-8")) > MAX_PASSWORD_BYTES:
             v.add(f"{field}.basic.password", f"must be at most {MAX_PASSWORD_BYTES} bytes")
+        if "\x00" in credentials.username or "\x00" in credentials.password:
+            v.add(f"{field}.basic", "must not contain NUL characters")
         if not credentials.username and not credentials.password:
             v.add(f"{field}.basic", "needs a username, a password or both")
 
@@ -118,10 +123,22 @@ def check_tags(v: Violations, field: str, tags: Mapping[str, str]) -> None:
             )
 
 
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, Mapping):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
+
+
 def check_metadata(v: Violations, field: str, metadata: Mapping[str, Any]) -> None:
     size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
     if size > MAX_METADATA_BYTES:
         v.add(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    elif _contains_nul(metadata):
+        v.add(field, "must not contain NUL characters")
 
 
 def check_page_size(v: Violations, field: str, page_size: int) -> int:

@@ -28,7 +28,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&credbroker/v1/connection_service.proto\x12\rcredbroker.v1\x1a\x1d\x63redbroker/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"N\n\x17\x43reateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\"Q\n\x14GetConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xdb\x01\n\x16ListConnectionsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x04tags\x18\x02 \x03(\x0b\x32/.credbroker.v1.ListConnectionsRequest.TagsEntryB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x17ListConnectionsResponse\x12.\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x19.credbroker.v1.Connection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa2\x01\n\x17UpdateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x1b\n\rallow_missing\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\"T\n\x17\x44\x65leteConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x18\x41\x63\x63\x65ssCredentialsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x8c\x02\n\x19\x41\x63\x63\x65ssCredentialsResponse\x12/\n\x0b\x63redentials\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.Credentials\x12Y\n\x11\x63onnection_config\x18\x02 \x03(\x0b\x32>.credbroker.v1.AccessCredentialsResponse.ConnectionConfigEntry\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.AuthMode\x1a\x37\n\x15\x43onnectionConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32\xb0\x04\n\x11\x43onnectionService\x12U\n\x10\x43reateConnection\x12&.credbroker.v1.CreateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12O\n\rGetConnection\x12#.credbroker.v1.GetConnectionRequest\x1a\x19.credbroker.v1.Connection\x12`\n\x0fListConnections\x12%.credbroker.v1.ListConnectionsRequest\x1a&.credbroker.v1.ListConnectionsResponse\x12U\n\x10UpdateConnection\x12&.credbroker.v1.UpdateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12R\n\x10\x44\x65leteConnection\x12&.credbroker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\x11\x41\x63\x63\x65ssCredentials\x12\'.credbroker.v1.AccessCredentialsRequest\x1a(.credbroker.v1.AccessCredentialsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&credbroker/v1/connection_service.proto\x12\rcredbroker.v1\x1a\x1d\x63redbroker/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"o\n\x17\x43reateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x1f\n\x11skip_verification\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"Q\n\x14GetConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xa0\x02\n\x16ListConnectionsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x04tags\x18\x02 \x03(\x0b\x32/.credbroker.v1.ListConnectionsRequest.TagsEntryB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x12verification_state\x18\x05 \x01(\x0e\x32!.credbroker.v1.Verification.StateB\x04\xe2\x41\x01\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x17ListConnectionsResponse\x12.\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x19.credbroker.v1.Connection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc3\x01\n\x17UpdateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x1b\n\rallow_missing\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11skip_verification\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"T\n\x17\x44\x65leteConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x18\x41\x63\x63\x65ssCredentialsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x9b\x04\n\x19\x41\x63\x63\x65ssCredentialsResponse\x12/\n\x0b\x63redentials\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.Credentials\x12Y\n\x11\x63onnection_config\x18\x02 \x03(\x0b\x32>.credbroker.v1.AccessCredentialsResponse.ConnectionConfigEntry\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.AuthMode\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x46\n\x07headers\x18\x05 \x03(\x0b\x32\x35.credbroker.v1.AccessCredentialsResponse.HeadersEntry\x12O\n\x0cquery_params\x18\x06 \x03(\x0b\x32\x39.credbroker.v1.AccessCredentialsResponse.QueryParamsEntry\x1a\x37\n\x15\x43onnectionConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x17VerifyConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x32\x87\x05\n\x11\x43onnectionService\x12U\n\x10\x43reateConnection\x12&.credbroker.v1.CreateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12O\n\rGetConnection\x12#.credbroker.v1.GetConnectionRequest\x1a\x19.credbroker.v1.Connection\x12`\n\x0fListConnections\x12%.credbroker.v1.ListConnectionsRequest\x1a&.credbroker.v1.ListConnectionsResponse\x12U\n\x10UpdateConnection\x12&.credbroker.v1.UpdateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12R\n\x10\x44\x65leteConnection\x12&.credbroker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\x11\x41\x63\x63\x65ssCredentials\x12\'.credbroker.v1.AccessCredentialsRequest\x1a(.credbroker.v1.AccessCredentialsResponse\x12U\n\x10VerifyConnection\x12&.credbroker.v1.VerifyConnectionRequest\x1a\x19.credbroker.v1.Connectionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_CREATECONNECTIONREQUEST'].fields_by_name['connection']._loaded_options = None
   _globals['_CREATECONNECTIONREQUEST'].fields_by_name['connection']._serialized_options = b'\342A\001\002'
+  _globals['_CREATECONNECTIONREQUEST'].fields_by_name['skip_verification']._loaded_options = None
+  _globals['_CREATECONNECTIONREQUEST'].fields_by_name['skip_verification']._serialized_options = b'\342A\001\001'
   _globals['_GETCONNECTIONREQUEST'].fields_by_name['integration_id']._loaded_options = None
   _globals['_GETCONNECTIONREQUEST'].fields_by_name['integration_id']._serialized_options = b'\342A\001\002'
   _globals['_GETCONNECTIONREQUEST'].fields_by_name['connection_id']._loaded_options = None
@@ -51,12 +53,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCONNECTIONSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
   _globals['_LISTCONNECTIONSREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTCONNECTIONSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_LISTCONNECTIONSREQUEST'].fields_by_name['verification_state']._loaded_options = None
+  _globals['_LISTCONNECTIONSREQUEST'].fields_by_name['verification_state']._serialized_options = b'\342A\001\001'
   _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['connection']._loaded_options = None
   _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['connection']._serialized_options = b'\342A\001\002'
   _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
   _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['allow_missing']._loaded_options = None
   _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['allow_missing']._serialized_options = b'\342A\001\001'
+  _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['skip_verification']._loaded_options = None
+  _globals['_UPDATECONNECTIONREQUEST'].fields_by_name['skip_verification']._serialized_options = b'\342A\001\001'
   _globals['_DELETECONNECTIONREQUEST'].fields_by_name['integration_id']._loaded_options = None
   _globals['_DELETECONNECTIONREQUEST'].fields_by_name['integration_id']._serialized_options = b'\342A\001\002'
   _globals['_DELETECONNECTIONREQUEST'].fields_by_name['connection_id']._loaded_options = None
@@ -67,26 +73,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ACCESSCREDENTIALSREQUEST'].fields_by_name['connection_id']._serialized_options = b'\342A\001\002'
   _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._loaded_options = None
   _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_options = b'8\001'
+  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._loaded_options = None
+  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_options = b'8\001'
+  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._loaded_options = None
+  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_options = b'8\001'
+  _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['integration_id']._loaded_options = None
+  _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['integration_id']._serialized_options = b'\342A\001\002'
+  _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['connection_id']._loaded_options = None
+  _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['connection_id']._serialized_options = b'\342A\001\002'
   _globals['_CREATECONNECTIONREQUEST']._serialized_start=184
-  _globals['_CREATECONNECTIONREQUEST']._serialized_end=262
-  _globals['_GETCONNECTIONREQUEST']._serialized_start=264
-  _globals['_GETCONNECTIONREQUEST']._serialized_end=345
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=348
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=567
-  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_start=524
-  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_end=567
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=569
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=667
-  _globals['_UPDATECONNECTIONREQUEST']._serialized_start=670
-  _globals['_UPDATECONNECTIONREQUEST']._serialized_end=832
-  _globals['_DELETECONNECTIONREQUEST']._serialized_start=834
-  _globals['_DELETECONNECTIONREQUEST']._serialized_end=918
-  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_start=920
-  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_end=1005
-  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_start=1008
-  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_end=1276
-  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_start=1221
-  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_end=1276
-  _globals['_CONNECTIONSERVICE']._serialized_start=1279
-  _globals['_CONNECTIONSERVICE']._serialized_end=1839
+  _globals['_CREATECONNECTIONREQUEST']._serialized_end=295
+  _globals['_GETCONNECTIONREQUEST']._serialized_start=297
+  _globals['_GETCONNECTIONREQUEST']._serialized_end=378
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=381
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=669
+  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_start=626
+  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_end=669
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=671
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=769
+  _globals['_UPDATECONNECTIONREQUEST']._serialized_start=772
+  _globals['_UPDATECONNECTIONREQUEST']._serialized_end=967
+  _globals['_DELETECONNECTIONREQUEST']._serialized_start=969
+  _globals['_DELETECONNECTIONREQUEST']._serialized_end=1053
+  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_start=1055
+  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_end=1140
+  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_start=1143
+  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_end=1682
+  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_start=1527
+  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_end=1582
+  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_start=1584
+  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_end=1630
+  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_start=1632
+  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_end=1682
+  _globals['_VERIFYCONNECTIONREQUEST']._serialized_start=1684
+  _globals['_VERIFYCONNECTIONREQUEST']._serialized_end=1768
+  _globals['_CONNECTIONSERVICE']._serialized_start=1771
+  _globals['_CONNECTIONSERVICE']._serialized_end=2418
 # @@protoc_insertion_point(module_scope)

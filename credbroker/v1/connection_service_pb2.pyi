@@ -27,6 +27,12 @@ class CreateConnectionRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONNECTION_FIELD_NUMBER: _builtins.int
+    SKIP_VERIFICATION_FIELD_NUMBER: _builtins.int
+    skip_verification: _builtins.bool
+    """Optional. Store without checking the credentials against the provider (for imports).
+    Without it, credentials the provider refuses are not stored: FAILED_PRECONDITION with reason
+    `CREDENTIALS_REJECTED` and the provider's HTTP status in the ErrorInfo metadata.
+    """
     @_builtins.property
     def connection(self) -> _resources_pb2.Connection:
         """Required. The connection; `integration_id` and `credentials` are required,
@@ -37,10 +43,11 @@ class CreateConnectionRequest(_message.Message):
         self,
         *,
         connection: _resources_pb2.Connection | None = ...,
+        skip_verification: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "skip_verification", b"skip_verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -102,6 +109,7 @@ class ListConnectionsRequest(_message.Message):
     TAGS_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    VERIFICATION_STATE_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
     """Optional. Only connections of this integration."""
     page_size: _builtins.int
@@ -112,6 +120,8 @@ class ListConnectionsRequest(_message.Message):
     """Optional. The `next_page_token` of a previous call with the same filters. A token from a
     call with other filters is INVALID_ARGUMENT.
     """
+    verification_state: _resources_pb2.Verification.State.ValueType
+    """Optional. Only connections whose last verification ended in this state."""
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Only connections carrying all of these tags with exactly these values."""
@@ -123,10 +133,11 @@ class ListConnectionsRequest(_message.Message):
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        verification_state: _resources_pb2.Verification.State.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["integration_id", b"integration_id", "page_size", b"page_size", "page_token", b"page_token", "tags", b"tags"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["integration_id", b"integration_id", "page_size", b"page_size", "page_token", b"page_token", "tags", b"tags", "verification_state", b"verification_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -169,10 +180,13 @@ class UpdateConnectionRequest(_message.Message):
     CONNECTION_FIELD_NUMBER: _builtins.int
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     ALLOW_MISSING_FIELD_NUMBER: _builtins.int
+    SKIP_VERIFICATION_FIELD_NUMBER: _builtins.int
     allow_missing: _builtins.bool
     """Optional. Create the connection if it does not exist (an upsert); `credentials` are then
     required.
     """
+    skip_verification: _builtins.bool
+    """Optional. Store new credentials without checking them against the provider."""
     @_builtins.property
     def connection(self) -> _resources_pb2.Connection:
         """Required. The connection with `integration_id` and `connection_id` set, plus the new
@@ -192,10 +206,11 @@ class UpdateConnectionRequest(_message.Message):
         connection: _resources_pb2.Connection | None = ...,
         update_mask: _field_mask_pb2.FieldMask | None = ...,
         allow_missing: _builtins.bool = ...,
+        skip_verification: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "update_mask", b"update_mask"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_missing", b"allow_missing", "connection", b"connection", "update_mask", b"update_mask"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_missing", b"allow_missing", "connection", b"connection", "skip_verification", b"skip_verification", "update_mask", b"update_mask"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -279,11 +294,58 @@ class AccessCredentialsResponse(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class HeadersEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class QueryParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     CREDENTIALS_FIELD_NUMBER: _builtins.int
     CONNECTION_CONFIG_FIELD_NUMBER: _builtins.int
     AUTH_MODE_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    QUERY_PARAMS_FIELD_NUMBER: _builtins.int
     auth_mode: _resources_pb2.AuthMode.ValueType
     """The auth mode of the credentials."""
+    base_url: _builtins.str
+    """The provider's API base URL, resolved with the connection's config, e.g.
+    `https://acme.atlassian.net`.
+    """
     @_builtins.property
     def credentials(self) -> _resources_pb2.Credentials:
         """The decrypted credentials."""
@@ -292,17 +354,56 @@ class AccessCredentialsResponse(_message.Message):
     def connection_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """The decrypted connection config."""
 
+    @_builtins.property
+    def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Headers to add to each request to the provider, ready to use, e.g.
+        `{"authorization": "Bearer sk-..."}`. Secret.
+        """
+
+    @_builtins.property
+    def query_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Query parameters to add to each request, e.g. `{"key": "..."}`. Secret."""
+
     def __init__(
         self,
         *,
         credentials: _resources_pb2.Credentials | None = ...,
         connection_config: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         auth_mode: _resources_pb2.AuthMode.ValueType = ...,
+        base_url: _builtins.str = ...,
+        headers: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        query_params: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["credentials", b"credentials"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "connection_config", b"connection_config", "credentials", b"credentials"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "base_url", b"base_url", "connection_config", b"connection_config", "credentials", b"credentials", "headers", b"headers", "query_params", b"query_params"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccessCredentialsResponse: _TypeAlias = AccessCredentialsResponse  # noqa: Y015
+
+@_typing.final
+class VerifyConnectionRequest(_message.Message):
+    """Request for [VerifyConnection][credbroker.v1.ConnectionService.VerifyConnection]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTEGRATION_ID_FIELD_NUMBER: _builtins.int
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    integration_id: _builtins.str
+    """Required. The integration id."""
+    connection_id: _builtins.str
+    """Required. The connection id."""
+    def __init__(
+        self,
+        *,
+        integration_id: _builtins.str = ...,
+        connection_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "integration_id", b"integration_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VerifyConnectionRequest: _TypeAlias = VerifyConnectionRequest  # noqa: Y015

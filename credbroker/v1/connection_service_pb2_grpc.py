@@ -74,6 +74,11 @@ class ConnectionServiceStub:
                 request_serializer=credbroker_dot_v1_dot_connection__service__pb2.AccessCredentialsRequest.SerializeToString,
                 response_deserializer=credbroker_dot_v1_dot_connection__service__pb2.AccessCredentialsResponse.FromString,
                 _registered_method=True)
+        self.VerifyConnection = channel.unary_unary(
+                '/credbroker.v1.ConnectionService/VerifyConnection',
+                request_serializer=credbroker_dot_v1_dot_connection__service__pb2.VerifyConnectionRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_resources__pb2.Connection.FromString,
+                _registered_method=True)
 
 
 class ConnectionServiceServicer:
@@ -136,6 +141,15 @@ class ConnectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VerifyConnection(self, request, context):
+        """Checks the stored credentials against the provider now and records the outcome in
+        `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
+        request). Scope `connections:write`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConnectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -168,6 +182,11 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
                     servicer.AccessCredentials,
                     request_deserializer=credbroker_dot_v1_dot_connection__service__pb2.AccessCredentialsRequest.FromString,
                     response_serializer=credbroker_dot_v1_dot_connection__service__pb2.AccessCredentialsResponse.SerializeToString,
+            ),
+            'VerifyConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.VerifyConnection,
+                    request_deserializer=credbroker_dot_v1_dot_connection__service__pb2.VerifyConnectionRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_resources__pb2.Connection.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -340,6 +359,33 @@ class ConnectionService:
             '/credbroker.v1.ConnectionService/AccessCredentials',
             credbroker_dot_v1_dot_connection__service__pb2.AccessCredentialsRequest.SerializeToString,
             credbroker_dot_v1_dot_connection__service__pb2.AccessCredentialsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VerifyConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credbroker.v1.ConnectionService/VerifyConnection',
+            credbroker_dot_v1_dot_connection__service__pb2.VerifyConnectionRequest.SerializeToString,
+            credbroker_dot_v1_dot_resources__pb2.Connection.FromString,
             options,
             channel_credentials,
             insecure,

@@ -67,6 +67,11 @@ class ConnectionServiceStub:
     reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
     Scope `credentials:read`.
     """
+    VerifyConnection: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.VerifyConnectionRequest, _resources_pb2.Connection]
+    """Checks the stored credentials against the provider now and records the outcome in
+    `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
+    request). Scope `connections:write`.
+    """
 
 @_typing.type_check_only
 class ConnectionServiceAsyncStub(ConnectionServiceStub):
@@ -104,6 +109,11 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
     """Returns a connection's decrypted credentials and connection config: the one method that
     reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
     Scope `credentials:read`.
+    """
+    VerifyConnection: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.VerifyConnectionRequest, _resources_pb2.Connection]  # type: ignore[assignment]
+    """Checks the stored credentials against the provider now and records the outcome in
+    `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
+    request). Scope `connections:write`.
     """
 
 class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -175,6 +185,17 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns a connection's decrypted credentials and connection config: the one method that
         reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
         Scope `credentials:read`.
+        """
+
+    @_abc_1.abstractmethod
+    def VerifyConnection(
+        self,
+        request: _connection_service_pb2.VerifyConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Connection, _abc.Awaitable[_resources_pb2.Connection]]:
+        """Checks the stored credentials against the provider now and records the outcome in
+        `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
+        request). Scope `connections:write`.
         """
 
 def add_ConnectionServiceServicer_to_server(servicer: ConnectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -28,7 +28,7 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'credbroker/v1/integration_service.proto\x12\rcredbroker.v1\x1a\x1d\x63redbroker/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"Q\n\x18\x43reateIntegrationRequest\x12\x35\n\x0bintegration\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.IntegrationB\x04\xe2\x41\x01\x02\"5\n\x15GetIntegrationRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"L\n\x17ListIntegrationsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x18ListIntegrationsResponse\x12\x30\n\x0cintegrations\x18\x01 \x03(\x0b\x32\x1a.credbroker.v1.Integration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x18UpdateIntegrationRequest\x12\x35\n\x0bintegration\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.IntegrationB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"M\n\x18\x44\x65leteIntegrationRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x66orce\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\x32\xd7\x03\n\x12IntegrationService\x12X\n\x11\x43reateIntegration\x12\'.credbroker.v1.CreateIntegrationRequest\x1a\x1a.credbroker.v1.Integration\x12R\n\x0eGetIntegration\x12$.credbroker.v1.GetIntegrationRequest\x1a\x1a.credbroker.v1.Integration\x12\x63\n\x10ListIntegrations\x12&.credbroker.v1.ListIntegrationsRequest\x1a\'.credbroker.v1.ListIntegrationsResponse\x12X\n\x11UpdateIntegration\x12\'.credbroker.v1.UpdateIntegrationRequest\x1a\x1a.credbroker.v1.Integration\x12T\n\x11\x44\x65leteIntegration\x12\'.credbroker.v1.DeleteIntegrationRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'credbroker/v1/integration_service.proto\x12\rcredbroker.v1\x1a\x1d\x63redbroker/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"Q\n\x18\x43reateIntegrationRequest\x12\x35\n\x0bintegration\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.IntegrationB\x04\xe2\x41\x01\x02\"5\n\x15GetIntegrationRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"L\n\x17ListIntegrationsRequest\x12\x17\n\tpage_size\x18\x01 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\"e\n\x18ListIntegrationsResponse\x12\x30\n\x0cintegrations\x18\x01 \x03(\x0b\x32\x1a.credbroker.v1.Integration\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x88\x01\n\x18UpdateIntegrationRequest\x12\x35\n\x0bintegration\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.IntegrationB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\"{\n\x14ListProvidersRequest\x12\x30\n\tauth_mode\x18\x01 \x01(\x0e\x32\x17.credbroker.v1.AuthModeB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x02 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\"\\\n\x15ListProvidersResponse\x12*\n\tproviders\x18\x01 \x03(\x0b\x32\x17.credbroker.v1.Provider\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x12GetProviderRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"M\n\x18\x44\x65leteIntegrationRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x13\n\x05\x66orce\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\x32\xfe\x04\n\x12IntegrationService\x12X\n\x11\x43reateIntegration\x12\'.credbroker.v1.CreateIntegrationRequest\x1a\x1a.credbroker.v1.Integration\x12R\n\x0eGetIntegration\x12$.credbroker.v1.GetIntegrationRequest\x1a\x1a.credbroker.v1.Integration\x12\x63\n\x10ListIntegrations\x12&.credbroker.v1.ListIntegrationsRequest\x1a\'.credbroker.v1.ListIntegrationsResponse\x12X\n\x11UpdateIntegration\x12\'.credbroker.v1.UpdateIntegrationRequest\x1a\x1a.credbroker.v1.Integration\x12T\n\x11\x44\x65leteIntegration\x12\'.credbroker.v1.DeleteIntegrationRequest\x1a\x16.google.protobuf.Empty\x12Z\n\rListProviders\x12#.credbroker.v1.ListProvidersRequest\x1a$.credbroker.v1.ListProvidersResponse\x12I\n\x0bGetProvider\x12!.credbroker.v1.GetProviderRequest\x1a\x17.credbroker.v1.Providerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['integration']._serialized_options = b'\342A\001\002'
   _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['update_mask']._loaded_options = None
   _globals['_UPDATEINTEGRATIONREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROVIDERSREQUEST'].fields_by_name['auth_mode']._loaded_options = None
+  _globals['_LISTPROVIDERSREQUEST'].fields_by_name['auth_mode']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROVIDERSREQUEST'].fields_by_name['page_size']._loaded_options = None
+  _globals['_LISTPROVIDERSREQUEST'].fields_by_name['page_size']._serialized_options = b'\342A\001\001'
+  _globals['_LISTPROVIDERSREQUEST'].fields_by_name['page_token']._loaded_options = None
+  _globals['_LISTPROVIDERSREQUEST'].fields_by_name['page_token']._serialized_options = b'\342A\001\001'
+  _globals['_GETPROVIDERREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_GETPROVIDERREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
   _globals['_DELETEINTEGRATIONREQUEST'].fields_by_name['integration_id']._loaded_options = None
   _globals['_DELETEINTEGRATIONREQUEST'].fields_by_name['integration_id']._serialized_options = b'\342A\001\002'
   _globals['_DELETEINTEGRATIONREQUEST'].fields_by_name['force']._loaded_options = None
@@ -61,8 +69,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTINTEGRATIONSRESPONSE']._serialized_end=502
   _globals['_UPDATEINTEGRATIONREQUEST']._serialized_start=505
   _globals['_UPDATEINTEGRATIONREQUEST']._serialized_end=641
-  _globals['_DELETEINTEGRATIONREQUEST']._serialized_start=643
-  _globals['_DELETEINTEGRATIONREQUEST']._serialized_end=720
-  _globals['_INTEGRATIONSERVICE']._serialized_start=723
-  _globals['_INTEGRATIONSERVICE']._serialized_end=1194
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=643
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=766
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=768
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=860
+  _globals['_GETPROVIDERREQUEST']._serialized_start=862
+  _globals['_GETPROVIDERREQUEST']._serialized_end=902
+  _globals['_DELETEINTEGRATIONREQUEST']._serialized_start=904
+  _globals['_DELETEINTEGRATIONREQUEST']._serialized_end=981
+  _globals['_INTEGRATIONSERVICE']._serialized_start=984
+  _globals['_INTEGRATIONSERVICE']._serialized_end=1622
 # @@protoc_insertion_point(module_scope)

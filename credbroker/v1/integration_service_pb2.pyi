@@ -138,8 +138,8 @@ class UpdateIntegrationRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Optional. Fields to update: `display_name` (or `*`). Empty means every field set in
-        `integration`.
+        """Optional. Fields to update: `display_name`, `integration_config` (or `*`). Empty means every
+        field set in `integration`.
         """
 
     def __init__(
@@ -155,6 +155,86 @@ class UpdateIntegrationRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateIntegrationRequest: _TypeAlias = UpdateIntegrationRequest  # noqa: Y015
+
+@_typing.final
+class ListProvidersRequest(_message.Message):
+    """Request for [ListProviders][credbroker.v1.IntegrationService.ListProviders]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_MODE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    auth_mode: _resources_pb2.AuthMode.ValueType
+    """Optional. Only providers of this auth mode."""
+    page_size: _builtins.int
+    """Optional. At most this many results; 0 means 50, values above 1000 are treated as 1000."""
+    page_token: _builtins.str
+    """Optional. The `next_page_token` of a previous call with the same filter."""
+    def __init__(
+        self,
+        *,
+        auth_mode: _resources_pb2.AuthMode.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersRequest: _TypeAlias = ListProvidersRequest  # noqa: Y015
+
+@_typing.final
+class ListProvidersResponse(_message.Message):
+    """Response for [ListProviders][credbroker.v1.IntegrationService.ListProviders]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROVIDERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Opaque token for the next page; empty on the last page."""
+    @_builtins.property
+    def providers(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Provider]:
+        """The providers of this page, ordered by name."""
+
+    def __init__(
+        self,
+        *,
+        providers: _abc.Iterable[_resources_pb2.Provider] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "providers", b"providers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListProvidersResponse: _TypeAlias = ListProvidersResponse  # noqa: Y015
+
+@_typing.final
+class GetProviderRequest(_message.Message):
+    """Request for [GetProvider][credbroker.v1.IntegrationService.GetProvider]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Required. The provider name, e.g. `openai`."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetProviderRequest: _TypeAlias = GetProviderRequest  # noqa: Y015
 
 @_typing.final
 class DeleteIntegrationRequest(_message.Message):

@@ -67,6 +67,16 @@ class IntegrationServiceStub:
                 request_serializer=credbroker_dot_v1_dot_integration__service__pb2.DeleteIntegrationRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListProviders = channel.unary_unary(
+                '/credbroker.v1.IntegrationService/ListProviders',
+                request_serializer=credbroker_dot_v1_dot_integration__service__pb2.ListProvidersRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_integration__service__pb2.ListProvidersResponse.FromString,
+                _registered_method=True)
+        self.GetProvider = channel.unary_unary(
+                '/credbroker.v1.IntegrationService/GetProvider',
+                request_serializer=credbroker_dot_v1_dot_integration__service__pb2.GetProviderRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_resources__pb2.Provider.FromString,
+                _registered_method=True)
 
 
 class IntegrationServiceServicer:
@@ -116,6 +126,20 @@ class IntegrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProviders(self, request, context):
+        """Lists the provider catalog ordered by name. Scope `integrations:read`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProvider(self, request, context):
+        """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IntegrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_IntegrationServiceServicer_to_server(servicer, server):
                     servicer.DeleteIntegration,
                     request_deserializer=credbroker_dot_v1_dot_integration__service__pb2.DeleteIntegrationRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'ListProviders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviders,
+                    request_deserializer=credbroker_dot_v1_dot_integration__service__pb2.ListProvidersRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_integration__service__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'GetProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProvider,
+                    request_deserializer=credbroker_dot_v1_dot_integration__service__pb2.GetProviderRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_resources__pb2.Provider.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -286,6 +320,60 @@ class IntegrationService:
             '/credbroker.v1.IntegrationService/DeleteIntegration',
             credbroker_dot_v1_dot_integration__service__pb2.DeleteIntegrationRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credbroker.v1.IntegrationService/ListProviders',
+            credbroker_dot_v1_dot_integration__service__pb2.ListProvidersRequest.SerializeToString,
+            credbroker_dot_v1_dot_integration__service__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/credbroker.v1.IntegrationService/GetProvider',
+            credbroker_dot_v1_dot_integration__service__pb2.GetProviderRequest.SerializeToString,
+            credbroker_dot_v1_dot_resources__pb2.Provider.FromString,
             options,
             channel_credentials,
             insecure,

@@ -57,6 +57,10 @@ class IntegrationServiceStub:
     """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
     `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
     """
+    ListProviders: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.ListProvidersRequest, _integration_service_pb2.ListProvidersResponse]
+    """Lists the provider catalog ordered by name. Scope `integrations:read`."""
+    GetProvider: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.GetProviderRequest, _resources_pb2.Provider]
+    """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`."""
 
 @_typing.type_check_only
 class IntegrationServiceAsyncStub(IntegrationServiceStub):
@@ -85,6 +89,10 @@ class IntegrationServiceAsyncStub(IntegrationServiceStub):
     """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
     `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
     """
+    ListProviders: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.ListProvidersRequest, _integration_service_pb2.ListProvidersResponse]  # type: ignore[assignment]
+    """Lists the provider catalog ordered by name. Scope `integrations:read`."""
+    GetProvider: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.GetProviderRequest, _resources_pb2.Provider]  # type: ignore[assignment]
+    """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`."""
 
 class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """Manages integrations: an app's configurations of third-party providers.
@@ -140,5 +148,21 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
         `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
         """
+
+    @_abc_1.abstractmethod
+    def ListProviders(
+        self,
+        request: _integration_service_pb2.ListProvidersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_integration_service_pb2.ListProvidersResponse, _abc.Awaitable[_integration_service_pb2.ListProvidersResponse]]:
+        """Lists the provider catalog ordered by name. Scope `integrations:read`."""
+
+    @_abc_1.abstractmethod
+    def GetProvider(
+        self,
+        request: _integration_service_pb2.GetProviderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_resources_pb2.Provider, _abc.Awaitable[_resources_pb2.Provider]]:
+        """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`."""
 
 def add_IntegrationServiceServicer_to_server(servicer: IntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -27,13 +27,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63redbroker/v1/resources.proto\x12\rcredbroker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xff\x01\n\x0bIntegration\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\tauth_mode\x18\x04 \x01(\x0e\x32\x17.credbroker.v1.AuthModeB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"*\n\x11\x41piKeyCredentials\x12\x15\n\x07\x61pi_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x10\x42\x61sicCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"|\n\x0b\x43redentials\x12\x33\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32 .credbroker.v1.ApiKeyCredentialsH\x00\x12\x30\n\x05\x62\x61sic\x18\x02 \x01(\x0b\x32\x1f.credbroker.v1.BasicCredentialsH\x00\x42\x06\n\x04kind\"\x93\x05\n\nConnection\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x08\x12\x35\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32\x1a.credbroker.v1.CredentialsB\x04\xe2\x41\x01\x04\x12/\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12P\n\x11\x63onnection_config\x18\x05 \x03(\x0b\x32/.credbroker.v1.Connection.ConnectionConfigEntryB\x04\xe2\x41\x01\x04\x12\x37\n\x04tags\x18\x06 \x03(\x0b\x32#.credbroker.v1.Connection.TagsEntryB\x04\xe2\x41\x01\x01\x12\x30\n\tauth_mode\x18\x07 \x01(\x0e\x32\x17.credbroker.v1.AuthModeB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63redentials_set\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12$\n\x16\x63onnection_config_keys\x18\t \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x1a\x37\n\x15\x43onnectionConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*Q\n\x08\x41uthMode\x12\x19\n\x15\x41UTH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41UTH_MODE_API_KEY\x10\x01\x12\x13\n\x0f\x41UTH_MODE_BASIC\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x63redbroker/v1/resources.proto\x12\rcredbroker.v1\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x03\n\x0bIntegration\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x16\n\x08provider\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x1a\n\x0c\x64isplay_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x01\x12\x30\n\tauth_mode\x18\x04 \x01(\x0e\x32\x17.credbroker.v1.AuthModeB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12S\n\x12integration_config\x18\x07 \x03(\x0b\x32\x31.credbroker.v1.Integration.IntegrationConfigEntryB\x04\xe2\x41\x01\x01\x1a\x38\n\x16IntegrationConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x89\x01\n\x0b\x43onfigField\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x08optional\x18\x05 \x01(\x08\x12\x0e\n\x06secret\x18\x06 \x01(\x08\x12\x15\n\rdefault_value\x18\x07 \x01(\t\"\x9b\x02\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.AuthMode\x12\x0c\n\x04\x64ocs\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x10\n\x08\x62\x61se_url\x18\x06 \x01(\t\x12\x35\n\x11\x63onnection_config\x18\x07 \x03(\x0b\x32\x1a.credbroker.v1.ConfigField\x12\x36\n\x12integration_config\x18\x08 \x03(\x0b\x32\x1a.credbroker.v1.ConfigField\x12\x1c\n\x14verifies_credentials\x18\t \x01(\x08\"\x93\x02\n\x0cVerification\x12\x36\n\x05state\x18\x01 \x01(\x0e\x32!.credbroker.v1.Verification.StateB\x04\xe2\x41\x01\x03\x12\x35\n\x0bverify_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x19\n\x0bhttp_status\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x03\x12\"\n\x14\x63onsecutive_failures\x18\x04 \x01(\x05\x42\x04\xe2\x41\x01\x03\"U\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x0e\n\nUNVERIFIED\x10\x01\x12\x0c\n\x08VERIFIED\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\x12\t\n\x05\x45RROR\x10\x04\"*\n\x11\x41piKeyCredentials\x12\x15\n\x07\x61pi_key\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"6\n\x10\x42\x61sicCredentials\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"|\n\x0b\x43redentials\x12\x33\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32 .credbroker.v1.ApiKeyCredentialsH\x00\x12\x30\n\x05\x62\x61sic\x18\x02 \x01(\x0b\x32\x1f.credbroker.v1.BasicCredentialsH\x00\x42\x06\n\x04kind\"\xcc\x05\n\nConnection\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x08\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x08\x12\x35\n\x0b\x63redentials\x18\x03 \x01(\x0b\x32\x1a.credbroker.v1.CredentialsB\x04\xe2\x41\x01\x04\x12/\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x04\xe2\x41\x01\x01\x12P\n\x11\x63onnection_config\x18\x05 \x03(\x0b\x32/.credbroker.v1.Connection.ConnectionConfigEntryB\x04\xe2\x41\x01\x04\x12\x37\n\x04tags\x18\x06 \x03(\x0b\x32#.credbroker.v1.Connection.TagsEntryB\x04\xe2\x41\x01\x01\x12\x30\n\tauth_mode\x18\x07 \x01(\x0e\x32\x17.credbroker.v1.AuthModeB\x04\xe2\x41\x01\x03\x12\x1d\n\x0f\x63redentials_set\x18\x08 \x01(\x08\x42\x04\xe2\x41\x01\x03\x12$\n\x16\x63onnection_config_keys\x18\t \x03(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x0c \x01(\t\x12\x37\n\x0cverification\x18\r \x01(\x0b\x32\x1b.credbroker.v1.VerificationB\x04\xe2\x41\x01\x03\x1a\x37\n\x15\x43onnectionConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*Q\n\x08\x41uthMode\x12\x19\n\x15\x41UTH_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x41UTH_MODE_API_KEY\x10\x01\x12\x13\n\x0f\x41UTH_MODE_BASIC\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'credbroker.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_INTEGRATION_INTEGRATIONCONFIGENTRY']._loaded_options = None
+  _globals['_INTEGRATION_INTEGRATIONCONFIGENTRY']._serialized_options = b'8\001'
   _globals['_INTEGRATION'].fields_by_name['integration_id']._loaded_options = None
   _globals['_INTEGRATION'].fields_by_name['integration_id']._serialized_options = b'\342A\001\010'
   _globals['_INTEGRATION'].fields_by_name['provider']._loaded_options = None
@@ -46,6 +48,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INTEGRATION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_INTEGRATION'].fields_by_name['update_time']._loaded_options = None
   _globals['_INTEGRATION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_INTEGRATION'].fields_by_name['integration_config']._loaded_options = None
+  _globals['_INTEGRATION'].fields_by_name['integration_config']._serialized_options = b'\342A\001\001'
+  _globals['_VERIFICATION'].fields_by_name['state']._loaded_options = None
+  _globals['_VERIFICATION'].fields_by_name['state']._serialized_options = b'\342A\001\003'
+  _globals['_VERIFICATION'].fields_by_name['verify_time']._loaded_options = None
+  _globals['_VERIFICATION'].fields_by_name['verify_time']._serialized_options = b'\342A\001\003'
+  _globals['_VERIFICATION'].fields_by_name['http_status']._loaded_options = None
+  _globals['_VERIFICATION'].fields_by_name['http_status']._serialized_options = b'\342A\001\003'
+  _globals['_VERIFICATION'].fields_by_name['consecutive_failures']._loaded_options = None
+  _globals['_VERIFICATION'].fields_by_name['consecutive_failures']._serialized_options = b'\342A\001\003'
   _globals['_APIKEYCREDENTIALS'].fields_by_name['api_key']._loaded_options = None
   _globals['_APIKEYCREDENTIALS'].fields_by_name['api_key']._serialized_options = b'\342A\001\002'
   _globals['_CONNECTION_CONNECTIONCONFIGENTRY']._loaded_options = None
@@ -74,20 +86,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONNECTION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
   _globals['_CONNECTION'].fields_by_name['update_time']._loaded_options = None
   _globals['_CONNECTION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
-  _globals['_AUTHMODE']._serialized_start=1290
-  _globals['_AUTHMODE']._serialized_end=1371
+  _globals['_CONNECTION'].fields_by_name['verification']._loaded_options = None
+  _globals['_CONNECTION'].fields_by_name['verification']._serialized_options = b'\342A\001\003'
+  _globals['_AUTHMODE']._serialized_start=2194
+  _globals['_AUTHMODE']._serialized_end=2275
   _globals['_INTEGRATION']._serialized_start=145
-  _globals['_INTEGRATION']._serialized_end=400
-  _globals['_APIKEYCREDENTIALS']._serialized_start=402
-  _globals['_APIKEYCREDENTIALS']._serialized_end=444
-  _globals['_BASICCREDENTIALS']._serialized_start=446
-  _globals['_BASICCREDENTIALS']._serialized_end=500
-  _globals['_CREDENTIALS']._serialized_start=502
-  _globals['_CREDENTIALS']._serialized_end=626
-  _globals['_CONNECTION']._serialized_start=629
-  _globals['_CONNECTION']._serialized_end=1288
-  _globals['_CONNECTION_CONNECTIONCONFIGENTRY']._serialized_start=1188
-  _globals['_CONNECTION_CONNECTIONCONFIGENTRY']._serialized_end=1243
-  _globals['_CONNECTION_TAGSENTRY']._serialized_start=1245
-  _globals['_CONNECTION_TAGSENTRY']._serialized_end=1288
+  _globals['_INTEGRATION']._serialized_end=543
+  _globals['_INTEGRATION_INTEGRATIONCONFIGENTRY']._serialized_start=487
+  _globals['_INTEGRATION_INTEGRATIONCONFIGENTRY']._serialized_end=543
+  _globals['_CONFIGFIELD']._serialized_start=546
+  _globals['_CONFIGFIELD']._serialized_end=683
+  _globals['_PROVIDER']._serialized_start=686
+  _globals['_PROVIDER']._serialized_end=969
+  _globals['_VERIFICATION']._serialized_start=972
+  _globals['_VERIFICATION']._serialized_end=1247
+  _globals['_VERIFICATION_STATE']._serialized_start=1162
+  _globals['_VERIFICATION_STATE']._serialized_end=1247
+  _globals['_APIKEYCREDENTIALS']._serialized_start=1249
+  _globals['_APIKEYCREDENTIALS']._serialized_end=1291
+  _globals['_BASICCREDENTIALS']._serialized_start=1293
+  _globals['_BASICCREDENTIALS']._serialized_end=1347
+  _globals['_CREDENTIALS']._serialized_start=1349
+  _globals['_CREDENTIALS']._serialized_end=1473
+  _globals['_CONNECTION']._serialized_start=1476
+  _globals['_CONNECTION']._serialized_end=2192
+  _globals['_CONNECTION_CONNECTIONCONFIGENTRY']._serialized_start=2092
+  _globals['_CONNECTION_CONNECTIONCONFIGENTRY']._serialized_end=2147
+  _globals['_CONNECTION_TAGSENTRY']._serialized_start=2149
+  _globals['_CONNECTION_TAGSENTRY']._serialized_end=2192
 # @@protoc_insertion_point(module_scope)

@@ -55,12 +55,33 @@ class Integration(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class IntegrationConfigEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     AUTH_MODE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    INTEGRATION_CONFIG_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
     """Required on create. Immutable. The caller-chosen id, unique within the environment:
     1-128 characters from `A-Z a-z 0-9 . _ - : @ ~`, starting with a letter or digit.
@@ -84,6 +105,13 @@ class Integration(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the integration was last changed."""
 
+    @_builtins.property
+    def integration_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Optional. Settings the provider declares in its `integration_config` (see
+        [Provider][credbroker.v1.Provider]); the generic `api-key` and `basic` providers take their
+        base URL and key placement from here. Values are not secret and stored unencrypted.
+        """
+
     def __init__(
         self,
         *,
@@ -93,14 +121,190 @@ class Integration(_message.Message):
         auth_mode: Global___AuthMode.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        integration_config: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "create_time", b"create_time", "display_name", b"display_name", "integration_id", b"integration_id", "provider", b"provider", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "create_time", b"create_time", "display_name", b"display_name", "integration_config", b"integration_config", "integration_id", b"integration_id", "provider", b"provider", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Integration: _TypeAlias = Integration  # noqa: Y015
+
+@_typing.final
+class ConfigField(_message.Message):
+    """A setting a provider needs from a connection (`connection_config`) or an integration
+    (`integration_config`), such as a subdomain.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TITLE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    PATTERN_FIELD_NUMBER: _builtins.int
+    OPTIONAL_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The key in the config map."""
+    title: _builtins.str
+    """A short human-readable label."""
+    description: _builtins.str
+    """Longer help text, possibly empty."""
+    pattern: _builtins.str
+    """A regular expression (RE2/Python syntax) the whole value must match; empty for any value."""
+    optional: _builtins.bool
+    """Whether the field may be left out."""
+    secret: _builtins.bool
+    """Whether the value is a secondary secret (it is encrypted either way)."""
+    default_value: _builtins.str
+    """The value used when the field is left out; empty if none."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        title: _builtins.str = ...,
+        description: _builtins.str = ...,
+        pattern: _builtins.str = ...,
+        optional: _builtins.bool = ...,
+        secret: _builtins.bool = ...,
+        default_value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_value", b"default_value", "description", b"description", "name", b"name", "optional", b"optional", "pattern", b"pattern", "secret", b"secret", "title", b"title"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigField: _TypeAlias = ConfigField  # noqa: Y015
+
+@_typing.final
+class Provider(_message.Message):
+    """A catalog entry: how one third-party API takes its credentials."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    AUTH_MODE_FIELD_NUMBER: _builtins.int
+    DOCS_FIELD_NUMBER: _builtins.int
+    CATEGORIES_FIELD_NUMBER: _builtins.int
+    BASE_URL_FIELD_NUMBER: _builtins.int
+    CONNECTION_CONFIG_FIELD_NUMBER: _builtins.int
+    INTEGRATION_CONFIG_FIELD_NUMBER: _builtins.int
+    VERIFIES_CREDENTIALS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The provider id that [Integration.provider][credbroker.v1.Integration.provider] names."""
+    display_name: _builtins.str
+    """A human-readable name."""
+    auth_mode: Global___AuthMode.ValueType
+    """The kind of credentials the provider takes."""
+    docs: _builtins.str
+    """Link to the provider's authentication documentation."""
+    base_url: _builtins.str
+    """The API base URL, possibly templated with `${connection_config.NAME}`."""
+    verifies_credentials: _builtins.bool
+    """Whether credentials are checked against the provider before they are stored."""
+    @_builtins.property
+    def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Categories such as `ai` or `payments`."""
+
+    @_builtins.property
+    def connection_config(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigField]:
+        """Settings each connection provides."""
+
+    @_builtins.property
+    def integration_config(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigField]:
+        """Settings each integration provides."""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        auth_mode: Global___AuthMode.ValueType = ...,
+        docs: _builtins.str = ...,
+        categories: _abc.Iterable[_builtins.str] | None = ...,
+        base_url: _builtins.str = ...,
+        connection_config: _abc.Iterable[Global___ConfigField] | None = ...,
+        integration_config: _abc.Iterable[Global___ConfigField] | None = ...,
+        verifies_credentials: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "base_url", b"base_url", "categories", b"categories", "connection_config", b"connection_config", "display_name", b"display_name", "docs", b"docs", "integration_config", b"integration_config", "name", b"name", "verifies_credentials", b"verifies_credentials"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Provider: _TypeAlias = Provider  # noqa: Y015
+
+@_typing.final
+class Verification(_message.Message):
+    """The outcome of the last check of a connection's credentials against its provider."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    class _State:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Verification._State.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        STATE_UNSPECIFIED: Verification._State.ValueType  # 0
+        """Not set. Never returned by the server."""
+        UNVERIFIED: Verification._State.ValueType  # 1
+        """Never checked: the provider has no verification request, or the check was skipped."""
+        VERIFIED: Verification._State.ValueType  # 2
+        """The provider accepted the credentials at `verify_time`."""
+        REJECTED: Verification._State.ValueType  # 3
+        """The provider refused the credentials at `verify_time` (see `http_status`)."""
+        ERROR: Verification._State.ValueType  # 4
+        """The provider could not be reached or answered with an error at `verify_time`."""
+
+    class State(_State, metaclass=_StateEnumTypeWrapper):
+        """Verification states."""
+
+    STATE_UNSPECIFIED: Verification.State.ValueType  # 0
+    """Not set. Never returned by the server."""
+    UNVERIFIED: Verification.State.ValueType  # 1
+    """Never checked: the provider has no verification request, or the check was skipped."""
+    VERIFIED: Verification.State.ValueType  # 2
+    """The provider accepted the credentials at `verify_time`."""
+    REJECTED: Verification.State.ValueType  # 3
+    """The provider refused the credentials at `verify_time` (see `http_status`)."""
+    ERROR: Verification.State.ValueType  # 4
+    """The provider could not be reached or answered with an error at `verify_time`."""
+
+    STATE_FIELD_NUMBER: _builtins.int
+    VERIFY_TIME_FIELD_NUMBER: _builtins.int
+    HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    CONSECUTIVE_FAILURES_FIELD_NUMBER: _builtins.int
+    state: Global___Verification.State.ValueType
+    """Output only. The state after the last check."""
+    http_status: _builtins.int
+    """Output only. The provider's HTTP status in the last check, 0 if none."""
+    consecutive_failures: _builtins.int
+    """Output only. Consecutive checks that ended REJECTED or ERROR."""
+    @_builtins.property
+    def verify_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only. When the last check ran; unset if never."""
+
+    def __init__(
+        self,
+        *,
+        state: Global___Verification.State.ValueType = ...,
+        verify_time: _timestamp_pb2.Timestamp | None = ...,
+        http_status: _builtins.int = ...,
+        consecutive_failures: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["verify_time", b"verify_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consecutive_failures", b"consecutive_failures", "http_status", b"http_status", "state", b"state", "verify_time", b"verify_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Verification: _TypeAlias = Verification  # noqa: Y015
 
 @_typing.final
 class ApiKeyCredentials(_message.Message):
@@ -247,6 +451,7 @@ class Connection(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    VERIFICATION_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
     """Required. Immutable. The integration this connection belongs to."""
     connection_id: _builtins.str
@@ -303,6 +508,10 @@ class Connection(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the connection was last changed."""
 
+    @_builtins.property
+    def verification(self) -> Global___Verification:
+        """Output only. The last check of the credentials against the provider."""
+
     def __init__(
         self,
         *,
@@ -318,10 +527,11 @@ class Connection(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        verification: Global___Verification | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "credentials", b"credentials", "metadata", b"metadata", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "credentials", b"credentials", "metadata", b"metadata", "update_time", b"update_time", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "connection_config", b"connection_config", "connection_config_keys", b"connection_config_keys", "connection_id", b"connection_id", "create_time", b"create_time", "credentials", b"credentials", "credentials_set", b"credentials_set", "etag", b"etag", "integration_id", b"integration_id", "metadata", b"metadata", "tags", b"tags", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "connection_config", b"connection_config", "connection_config_keys", b"connection_config_keys", "connection_id", b"connection_id", "create_time", b"create_time", "credentials", b"credentials", "credentials_set", b"credentials_set", "etag", b"etag", "integration_id", b"integration_id", "metadata", b"metadata", "tags", b"tags", "update_time", b"update_time", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

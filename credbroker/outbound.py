@@ -1,0 +1,144 @@
+"""Outbound HTTP to providers (credential verification), behind an address guard.
+
+Every hop (redirects included, at most ``max_redirects``) is resolved first; the request goes to
+the resolved address (the host name still drives TLS verification through SNI), so a name cannot
+be re-pointed between the check and the connection. Private, loopback, link-local, multicast and
+reserved addresses are refused unless an operator allow-list (CIDRs) permits them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Sequence
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+import structlog
+
+from credbroker.domain.injection import ResolvedAuth
+from credbroker.domain.providers import Verification
+from credbroker.domain.verification import (
+    DestinationNotAllowedError,
+    ProbeResult,
+    VerificationState,
+)
+
+log = structlog.get_logger("credbroker.outbound")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """``"127.0.0.0/8, ::1/128"`` → networks; raises ValueError naming a bad entry."""
+    networks = []
+    for item in (part.strip() for part in text.split(",")):
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP network (CIDR)") from None
+    return tuple(networks)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc.lower()
+
+
+class AddressGuard:
+    def __init__(self, allowed: Sequence[IPNetwork] = ()) -> None:
+        self._allowed = tuple(allowed)
+
+    def permits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if any(address in network for network in self._allowed):
+            return True
+        return address.is_global and not address.is_multicast
+
+    async def resolve(self, host: str, port: int) -> str:
+        """One permitted address of ``host``; refuses if any resolved address is forbidden."""
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError:
+            raise DestinationNotAllowedError(f"cannot resolve {host}") from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if not addresses or not all(self.permits(a) for a in addresses):
+            raise DestinationNotAllowedError(f"{host} resolves to a forbidden address")
+        return str(addresses[0])
+
+
+class HttpCredentialProbe:
+    def __init__(
+        self,
+        guard: AddressGuard,
+        *,
+        timeout: float = 5.0,
+        max_redirects: int = 3,
+        allow_http: bool = False,
+    ) -> None:
+        self._guard = guard
+        self._timeout = timeout
+        self._max_redirects = max_redirects
+        self._allow_http = allow_http
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def probe(self, auth: ResolvedAuth, verification: Verification) -> ProbeResult:
+        last = ProbeResult(VerificationState.ERROR, 0, "no request made")
+        for path in verification.paths:
+            last = await self._request(verification.method, auth.base_url + path, auth)
+            if last.state is VerificationState.VERIFIED:
+                return last
+        return last
+
+    async def _request(self, method: str, url: str, auth: ResolvedAuth) -> ProbeResult:
+        params = dict(auth.query_params)
+        for _ in range(self._max_redirects + 1):
+            try:
+                response = await asyncio.wait_for(
+                    self._send(method, url, auth, params), timeout=self._timeout
+                )
+            except (httpx.HTTPError, TimeoutError, OSError) as exc:
+                log.info("provider unreachable", error_type=type(exc).__name__)
+                return ProbeResult(VerificationState.ERROR, 0, type(exc).__name__)
+            status = response.status_code
+            if status in {301, 302, 303, 307, 308} and "location" in response.headers:
+                target = urljoin(url, response.headers["location"])
+                if _origin(target) != _origin(url):
+                    # Never forward credentials to another origin.
+                    return ProbeResult(VerificationState.ERROR, status, "cross-origin redirect")
+                url, params = target, {}  # the redirect target carries its own query
+                continue
+            if 200 <= status < 300:
+                return ProbeResult(VerificationState.VERIFIED, status)
+            if 400 <= status < 500:
+                return ProbeResult(VerificationState.REJECTED, status)
+            return ProbeResult(VerificationState.ERROR, status, f"HTTP {status}")
+        return ProbeResult(VerificationState.ERROR, 0, "too many redirects")
+
+    async def _send(
+        self, method: str, url: str, auth: ResolvedAuth, params: dict[str, str]
+    ) -> httpx.Response:
+        parts = urlsplit(url)
+        if parts.scheme != "https" and not (self._allow_http and parts.scheme == "http"):
+            raise DestinationNotAllowedError("provider URLs must use https")
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        address = await self._guard.resolve(host, port)
+        pinned_host = f"[{address}]" if ":" in address else address
+        netloc = pinned_host if parts.port is None else f"{pinned_host}:{parts.port}"
+        pinned = urlunsplit(parts._replace(netloc=netloc))
+        headers = {**auth.headers, "host": parts.netloc.rsplit("@", 1)[-1]}
+        return await self._client.request(
+            method,
+            pinned,
+            headers=headers,
+            params=params or None,
+            extensions={"sni_hostname": host},
+        )
