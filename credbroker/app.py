@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from dataclasses import dataclass
+from datetime import timedelta
 
 import grpc
 import structlog
@@ -21,6 +22,7 @@ from credbroker.api.scopes import REQUIRED_SCOPES
 from credbroker.bootstrap import (
     Backend,
     BoundCipher,
+    StartupError,
     load_keyring,
     open_backend,
     verify_master_keys,
@@ -31,7 +33,9 @@ from credbroker.domain.audit import AuditService
 from credbroker.domain.connections import ConnectionService
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
-from credbroker.domain.providers import default_catalog
+from credbroker.domain.providers import ProviderCatalog, default_catalog
+from credbroker.domain.verification import CredentialVerifier
+from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
 from credbroker.storage.audit import PostgresAuditLog
 from credbroker.storage.connections import PostgresConnectionRepository
 from credbroker.storage.environments import (
@@ -81,15 +85,20 @@ class RunningServer:
     port: int
     health: health.aio.HealthServicer
     keys: KeyService
-    flusher: asyncio.Task[None]
+    connections: ConnectionService
+    background: list[asyncio.Task[None]]
+    probe: HttpCredentialProbe
 
     async def stop(self, grace: float) -> None:
         """Drains: health turns NOT_SERVING first, then in-flight RPCs get ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
-        self.flusher.cancel()
+        for task in self.background:
+            task.cancel()
+        await asyncio.gather(*self.background, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.keys.flush_last_used()
+        await self.probe.close()
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -125,15 +134,55 @@ def _add_port(server: grpc.aio.Server, settings: Settings, address: str) -> int:
     return server.add_secure_port(address, credentials)
 
 
+RECHECK_LOCK_KEY = 0x63627276  # "cbrv": one background re-check runner across all servers
+
+
+async def _recheck_periodically(
+    connections: ConnectionService, backend: Backend, settings: Settings
+) -> None:
+    """Every ``recheck_interval``, the server holding the advisory lock re-verifies a batch of
+    connections not verified within ``recheck_max_age``; the others skip that round."""
+    while True:
+        await asyncio.sleep(settings.recheck_interval)
+        try:
+            async with backend.db.connection() as lock_connection:
+                if not await lock_connection.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", RECHECK_LOCK_KEY
+                ):
+                    continue
+                try:
+                    checked = await connections.recheck_stale(
+                        timedelta(seconds=settings.recheck_max_age), settings.recheck_batch
+                    )
+                    log.info("re-checked stale connections", count=checked)
+                finally:
+                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", RECHECK_LOCK_KEY)
+        except Exception as exc:  # noqa: BLE001 - a failed round is retried next interval
+            log.warning("background re-check failed", error_type=type(exc).__name__)
+
+
 async def start_server(
-    settings: Settings, backend: Backend, keyring: Keyring, listen: str | None = None
+    settings: Settings,
+    backend: Backend,
+    keyring: Keyring,
+    listen: str | None = None,
+    *,
+    catalog: ProviderCatalog | None = None,
 ) -> RunningServer:
     """Verifies the master keys, then binds and starts serving. Raises StartupError before
     binding when the keyring does not fit the stored data."""
     await verify_master_keys(backend.db, keyring)
-    integrations = IntegrationService(PostgresIntegrationRepository(backend.db), default_catalog())
+    catalog = catalog or default_catalog()
+    probe = HttpCredentialProbe(
+        AddressGuard(parse_networks(settings.outbound_allow)), timeout=settings.verify_timeout
+    )
+    integrations = IntegrationService(PostgresIntegrationRepository(backend.db), catalog)
     connections = ConnectionService(
-        PostgresConnectionRepository(backend.db), integrations, BoundCipher(EnvelopeCipher(keyring))
+        PostgresConnectionRepository(backend.db),
+        integrations,
+        BoundCipher(EnvelopeCipher(keyring)),
+        catalog,
+        CredentialVerifier(probe if settings.verify_credentials else None),
     )
     keys = key_service(backend)
     audit_log = PostgresAuditLog(backend.db)
@@ -164,14 +213,20 @@ async def start_server(
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-    port = _add_port(server, settings, listen or settings.listen)
+    address = listen or settings.listen
+    try:
+        port = _add_port(server, settings, address)
+    except (RuntimeError, OSError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
+        raise StartupError(f"cannot listen on {address} (in use or not permitted)") from exc
     if port == 0:
-        raise OSError(f"cannot listen on {listen or settings.listen}")
+        raise StartupError(f"cannot listen on {address}")
     await server.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    flusher = asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))
-    return RunningServer(server, port, health_servicer, keys, flusher)
+    tasks = [asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))]
+    if settings.recheck_interval > 0:
+        tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
+    return RunningServer(server, port, health_servicer, keys, connections, tasks, probe)
 
 
 async def serve(settings: Settings, *, listen: str | None = None) -> None:

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from credbroker.outbound import parse_networks
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CREDBROKER_", extra="ignore")
@@ -32,11 +34,31 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(256, ge=1, description="beyond this, RESOURCE_EXHAUSTED")
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="largest request accepted")
     shutdown_grace: float = Field(5.0, ge=0, description="seconds in-flight RPCs get on shutdown")
+    verify_credentials: bool = Field(
+        True, description="check credentials with the provider before storing them"
+    )
+    outbound_allow: str = Field(
+        "", description="CIDRs verification may reach although private/loopback (e.g. 10.0.0.0/8)"
+    )
+    verify_timeout: float = Field(5.0, gt=0, le=60, description="seconds per verification request")
+    recheck_interval: float = Field(
+        600.0, ge=0, description="seconds between background re-checks; 0 turns them off"
+    )
+    recheck_max_age: float = Field(
+        86400.0, gt=0, description="re-check connections not verified for this many seconds"
+    )
+    recheck_batch: int = Field(100, ge=1, le=10000, description="connections per re-check run")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(
         None, description="PEM CA bundle: require client certs (mTLS)"
     )
+
+    @field_validator("outbound_allow")
+    @classmethod
+    def _check_outbound_allow(cls, value: str) -> str:
+        parse_networks(value)
+        return value
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

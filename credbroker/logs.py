@@ -32,6 +32,8 @@ def _mask(value: Any) -> Any:
         return _SECRET_KEY.sub(r"cbsk_\1_<redacted>", value)
     if isinstance(value, dict):
         return {k: "<redacted>" if k in _SECRET_FIELDS else _mask(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_mask(item) for item in value))
     if isinstance(value, list | tuple):
         return type(value)(_mask(item) for item in value)
     return value

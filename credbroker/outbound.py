@@ -18,12 +18,9 @@ import httpx
 import structlog
 
 from credbroker.domain.injection import ResolvedAuth
+from credbroker.domain.models import VerificationState
 from credbroker.domain.providers import Verification
-from credbroker.domain.verification import (
-    DestinationNotAllowedError,
-    ProbeResult,
-    VerificationState,
-)
+from credbroker.domain.verification import DestinationNotAllowedError, ProbeResult
 
 log = structlog.get_logger("credbroker.outbound")
 
@@ -51,13 +48,15 @@ class AddressGuard:
     def __init__(self, allowed: Sequence[IPNetwork] = ()) -> None:
         self._allowed = tuple(allowed)
 
-    def permits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if any(address in network for network in self._allowed):
-            return True
-        return address.is_global and not address.is_multicast
+    def allow_listed(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return any(address in network for network in self._allowed)
 
-    async def resolve(self, host: str, port: int) -> str:
-        """One permitted address of ``host``; refuses if any resolved address is forbidden."""
+    def permits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        return self.allow_listed(address) or (address.is_global and not address.is_multicast)
+
+    async def resolve(self, host: str, port: int, *, plain_http: bool = False) -> str:
+        """One permitted address of ``host``; refuses if any resolved address is forbidden.
+        Plain http is only allowed to allow-listed addresses (test doubles, internal APIs)."""
         loop = asyncio.get_running_loop()
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
@@ -66,6 +65,8 @@ class AddressGuard:
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses or not all(self.permits(a) for a in addresses):
             raise DestinationNotAllowedError(f"{host} resolves to a forbidden address")
+        if plain_http and not all(self.allow_listed(a) for a in addresses):
+            raise DestinationNotAllowedError("plain http is only allowed to allow-listed addresses")
         return str(addresses[0])
 
 
@@ -76,12 +77,10 @@ class HttpCredentialProbe:
         *,
         timeout: float = 5.0,
         max_redirects: int = 3,
-        allow_http: bool = False,
     ) -> None:
         self._guard = guard
         self._timeout = timeout
         self._max_redirects = max_redirects
-        self._allow_http = allow_http
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
         )
@@ -126,11 +125,11 @@ class HttpCredentialProbe:
         self, method: str, url: str, auth: ResolvedAuth, params: dict[str, str]
     ) -> httpx.Response:
         parts = urlsplit(url)
-        if parts.scheme != "https" and not (self._allow_http and parts.scheme == "http"):
+        if parts.scheme not in {"https", "http"}:
             raise DestinationNotAllowedError("provider URLs must use https")
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = await self._guard.resolve(host, port)
+        address = await self._guard.resolve(host, port, plain_http=parts.scheme == "http")
         pinned_host = f"[{address}]" if ":" in address else address
         netloc = pinned_host if parts.port is None else f"{pinned_host}:{parts.port}"
         pinned = urlunsplit(parts._replace(netloc=netloc))

@@ -33,6 +33,7 @@ MUTATING_METHODS = frozenset(
         _CONNECTIONS + "CreateConnection",
         _CONNECTIONS + "UpdateConnection",
         _CONNECTIONS + "DeleteConnection",
+        _CONNECTIONS + "VerifyConnection",
     }
 )
 

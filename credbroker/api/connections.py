@@ -8,6 +8,7 @@ from google.protobuf import empty_pb2
 
 from credbroker.api.convert import (
     AUTH_MODE_TO_PROTO,
+    VERIFICATION_STATE_FROM_PROTO,
     connection_to_proto,
     credentials_from_proto,
     credentials_to_proto,
@@ -16,6 +17,7 @@ from credbroker.api.convert import (
 from credbroker.api.interceptors import current_principal
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.connections import UPDATABLE_PATHS, ConnectionDraft, ConnectionService
+from credbroker.domain.errors import InvalidArgumentError
 from credbroker.v1 import connection_service_pb2 as pb
 from credbroker.v1 import connection_service_pb2_grpc as pb_grpc
 from credbroker.v1 import resources_pb2
@@ -30,10 +32,17 @@ def _draft(connection: resources_pb2.Connection) -> ConnectionDraft:
         credentials=credentials_from_proto(connection.credentials)
         if connection.HasField("credentials")
         else None,
-        metadata=struct_to_dict(connection.metadata) if connection.HasField("metadata") else None,
+        metadata=_metadata(connection) if connection.HasField("metadata") else None,
         connection_config=dict(connection.connection_config),
         tags=dict(connection.tags),
     )
+
+
+def _metadata(connection: resources_pb2.Connection) -> dict[str, Any]:
+    try:
+        return struct_to_dict(connection.metadata)
+    except ValueError:  # NaN and infinities have no JSON form
+        raise InvalidArgumentError.single("connection.metadata", "numbers must be finite") from None
 
 
 def _update_paths(request: pb.UpdateConnectionRequest) -> frozenset[str]:
@@ -60,7 +69,11 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
     async def CreateConnection(
         self, request: pb.CreateConnectionRequest, context: Context
     ) -> resources_pb2.Connection:
-        connection = await self._service.create(current_principal(), _draft(request.connection))
+        connection = await self._service.create(
+            current_principal(),
+            _draft(request.connection),
+            skip_verification=request.skip_verification,
+        )
         return connection_to_proto(connection)
 
     async def GetConnection(
@@ -75,10 +88,16 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
         self, request: pb.ListConnectionsRequest, context: Context
     ) -> pb.ListConnectionsResponse:
         tags = dict(request.tags)
+        state = None
+        if request.verification_state != resources_pb2.Verification.STATE_UNSPECIFIED:
+            state = VERIFICATION_STATE_FROM_PROTO.get(request.verification_state)
+            if state is None:
+                raise InvalidArgumentError.single("verification_state", "is not a known state")
         filters = {
             "method": "ListConnections",
             "integration_id": request.integration_id,
             "tags": tags,
+            "verification_state": int(request.verification_state),
         }
         cursor = decode_page_token(request.page_token, filters, size=2)
         page = await self._service.list(
@@ -87,6 +106,7 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
             tags=tags,
             page_size=request.page_size,
             after=(cursor[0], cursor[1]) if cursor else None,
+            verification_state=state,
         )
         return pb.ListConnectionsResponse(
             connections=[connection_to_proto(c) for c in page.items],
@@ -102,6 +122,7 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
             _update_paths(request),
             etag=request.connection.etag,
             allow_missing=request.allow_missing,
+            skip_verification=request.skip_verification,
         )
         return connection_to_proto(connection)
 
@@ -123,4 +144,15 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
             credentials=credentials_to_proto(revealed.credentials),
             connection_config=dict(revealed.connection_config),
             auth_mode=AUTH_MODE_TO_PROTO[revealed.connection.auth_mode],
+            base_url=revealed.base_url,
+            headers=dict(revealed.headers),
+            query_params=dict(revealed.query_params),
         )
+
+    async def VerifyConnection(
+        self, request: pb.VerifyConnectionRequest, context: Context
+    ) -> resources_pb2.Connection:
+        connection = await self._service.verify(
+            current_principal(), request.integration_id, request.connection_id
+        )
+        return connection_to_proto(connection)

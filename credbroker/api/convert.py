@@ -8,12 +8,14 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from credbroker.domain import models
+from credbroker.domain.providers import ConfigField, Provider
 from credbroker.v1 import resources_pb2
 
 AUTH_MODE_TO_PROTO = {
     models.AuthMode.API_KEY: resources_pb2.AUTH_MODE_API_KEY,
     models.AuthMode.BASIC: resources_pb2.AUTH_MODE_BASIC,
 }
+AUTH_MODE_FROM_PROTO = {v: k for k, v in AUTH_MODE_TO_PROTO.items()}
 
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
@@ -30,6 +32,53 @@ def integration_to_proto(integration: models.Integration) -> resources_pb2.Integ
         auth_mode=AUTH_MODE_TO_PROTO[integration.auth_mode],
         create_time=timestamp(integration.create_time),
         update_time=timestamp(integration.update_time),
+        integration_config=dict(integration.integration_config),
+    )
+
+
+VERIFICATION_STATE_TO_PROTO = {
+    models.VerificationState.UNVERIFIED: resources_pb2.Verification.UNVERIFIED,
+    models.VerificationState.VERIFIED: resources_pb2.Verification.VERIFIED,
+    models.VerificationState.REJECTED: resources_pb2.Verification.REJECTED,
+    models.VerificationState.ERROR: resources_pb2.Verification.ERROR,
+}
+VERIFICATION_STATE_FROM_PROTO = {v: k for k, v in VERIFICATION_STATE_TO_PROTO.items()}
+
+
+def verification_to_proto(record: models.VerificationRecord) -> resources_pb2.Verification:
+    message = resources_pb2.Verification(
+        state=VERIFICATION_STATE_TO_PROTO[record.state],
+        http_status=record.http_status,
+        consecutive_failures=record.consecutive_failures,
+    )
+    if record.verify_time is not None:
+        message.verify_time.CopyFrom(timestamp(record.verify_time))
+    return message
+
+
+def _config_field(config_field: ConfigField) -> resources_pb2.ConfigField:
+    return resources_pb2.ConfigField(
+        name=config_field.name,
+        title=config_field.title,
+        description=config_field.description,
+        pattern=config_field.pattern.pattern if config_field.pattern else "",
+        optional=config_field.optional,
+        secret=config_field.secret,
+        default_value=config_field.default or "",
+    )
+
+
+def provider_to_proto(provider: Provider) -> resources_pb2.Provider:
+    return resources_pb2.Provider(
+        name=provider.name,
+        display_name=provider.display_name,
+        auth_mode=AUTH_MODE_TO_PROTO[provider.auth_mode],
+        docs=provider.docs,
+        categories=list(provider.categories),
+        base_url=provider.base_url,
+        connection_config=[_config_field(f) for f in provider.connection_config],
+        integration_config=[_config_field(f) for f in provider.integration_config],
+        verifies_credentials=provider.verification is not None or provider.generic,
     )
 
 
@@ -57,6 +106,7 @@ def connection_to_proto(connection: models.Connection) -> resources_pb2.Connecti
         create_time=timestamp(connection.create_time),
         update_time=timestamp(connection.update_time),
         etag=str(connection.version),
+        verification=verification_to_proto(connection.verification),
     )
 
 

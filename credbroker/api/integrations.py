@@ -6,9 +6,10 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
-from credbroker.api.convert import integration_to_proto
+from credbroker.api.convert import AUTH_MODE_FROM_PROTO, integration_to_proto, provider_to_proto
 from credbroker.api.interceptors import current_principal
 from credbroker.api.paging import decode_page_token, encode_page_token
+from credbroker.domain.errors import InvalidArgumentError
 from credbroker.domain.integrations import IntegrationDraft, IntegrationService
 from credbroker.v1 import integration_service_pb2 as pb
 from credbroker.v1 import integration_service_pb2_grpc as pb_grpc
@@ -28,6 +29,7 @@ class IntegrationServicer(pb_grpc.IntegrationServiceServicer):
             integration_id=request.integration.integration_id,
             provider=request.integration.provider,
             display_name=request.integration.display_name,
+            integration_config=dict(request.integration.integration_config),
         )
         return integration_to_proto(await self._service.create(current_principal(), draft))
 
@@ -55,11 +57,12 @@ class IntegrationServicer(pb_grpc.IntegrationServiceServicer):
     ) -> resources_pb2.Integration:
         paths = frozenset(request.update_mask.paths)
         if "*" in paths:
-            paths = frozenset({"display_name", "provider"})
+            paths = frozenset({"display_name", "provider", "integration_config"})
         elif not paths:
             populated = {
                 "display_name": request.integration.display_name,
                 "provider": request.integration.provider,
+                "integration_config": bool(request.integration.integration_config),
             }
             paths = frozenset(name for name, value in populated.items() if value)
         integration = await self._service.update(
@@ -68,8 +71,32 @@ class IntegrationServicer(pb_grpc.IntegrationServiceServicer):
             paths,
             request.integration.display_name,
             request.integration.provider,
+            dict(request.integration.integration_config),
         )
         return integration_to_proto(integration)
+
+    async def ListProviders(
+        self, request: pb.ListProvidersRequest, context: Context
+    ) -> pb.ListProvidersResponse:
+        auth_mode = None
+        if request.auth_mode != resources_pb2.AUTH_MODE_UNSPECIFIED:
+            auth_mode = AUTH_MODE_FROM_PROTO.get(request.auth_mode)
+            if auth_mode is None:
+                raise InvalidArgumentError.single("auth_mode", "is not a known auth mode")
+        filters = {"method": "ListProviders", "auth_mode": int(request.auth_mode)}
+        cursor = decode_page_token(request.page_token, filters, size=1)
+        page = self._service.list_providers(
+            auth_mode, page_size=request.page_size, after=cursor[0] if cursor else None
+        )
+        return pb.ListProvidersResponse(
+            providers=[provider_to_proto(p) for p in page.items],
+            next_page_token=encode_page_token(page.next_cursor, filters),
+        )
+
+    async def GetProvider(
+        self, request: pb.GetProviderRequest, context: Context
+    ) -> resources_pb2.Provider:
+        return provider_to_proto(self._service.provider(request.name))
 
     async def DeleteIntegration(
         self, request: pb.DeleteIntegrationRequest, context: Context

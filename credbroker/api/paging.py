@@ -45,7 +45,7 @@ def decode_page_token(token: str, filters: Any, size: int) -> tuple[str, ...] | 
     try:
         padded = token + "=" * (-len(token) % 4)
         document = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
-    except (ValueError, UnicodeError, binascii.Error):
+    except (ValueError, UnicodeError, binascii.Error, RecursionError):
         raise invalid from None
     if (
         not isinstance(document, dict)

@@ -8,17 +8,24 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import structlog
 
 from credbroker.domain.errors import (
     AlreadyExistsError,
     ConflictError,
     DataIntegrityError,
+    DomainError,
+    FailedPreconditionError,
     InvalidArgumentError,
     NotFoundError,
 )
+from credbroker.domain.injection import check_config, resolve_auth
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.models import (
+    UNVERIFIED,
     ApiKeyCredentials,
     AuthMode,
     BasicCredentials,
@@ -28,9 +35,18 @@ from credbroker.domain.models import (
     Page,
     Principal,
     RevealedCredentials,
+    VerificationRecord,
+    VerificationState,
     auth_mode_of,
 )
-from credbroker.domain.ports import Cipher, ConnectionChanges, ConnectionRepository, NewConnection
+from credbroker.domain.ports import (
+    Cipher,
+    ConnectionChanges,
+    ConnectionRepository,
+    NewConnection,
+    StoredConnection,
+)
+from credbroker.domain.providers import Provider, ProviderCatalog
 from credbroker.domain.validation import (
     Violations,
     check_connection_config,
@@ -41,6 +57,9 @@ from credbroker.domain.validation import (
     check_page_size,
     check_tags,
 )
+from credbroker.domain.verification import CredentialVerifier
+
+log = structlog.get_logger("credbroker.connections")
 
 CONNECTION_NOT_FOUND = "connection not found"
 CREDENTIALS_PURPOSE = "connection.credentials"
@@ -95,10 +114,49 @@ class ConnectionService:
         repository: ConnectionRepository,
         integrations: IntegrationService,
         cipher: Cipher,
+        catalog: ProviderCatalog,
+        verifier: CredentialVerifier,
     ) -> None:
         self._repository = repository
         self._integrations = integrations
         self._cipher = cipher
+        self._catalog = catalog
+        self._verifier = verifier
+
+    def _provider(self, name: str) -> Provider:
+        provider = self._catalog.get(name)
+        if provider is None:
+            raise FailedPreconditionError(
+                f"provider {name!r} is no longer in the catalog", reason="PROVIDER_NOT_IN_CATALOG"
+            )
+        return provider
+
+    def _decrypt(self, stored: StoredConnection) -> tuple[Credentials, dict[str, str]]:
+        connection = stored.connection
+        bound = binding(connection.environment_id, connection.integration_id, connection.id)
+        credentials_plain = self._cipher.decrypt(
+            stored.secrets.credentials, purpose=CREDENTIALS_PURPOSE, binding=bound
+        )
+        config_plain = self._cipher.decrypt(
+            stored.secrets.connection_config, purpose=CONFIG_PURPOSE, binding=bound
+        )
+        try:
+            credentials = _deserialize_credentials(connection.auth_mode, credentials_plain)
+            config = json.loads(config_plain)
+        except (ValueError, KeyError, TypeError):
+            raise DataIntegrityError("stored credentials are unreadable") from None
+        return credentials, config
+
+    async def _stored(
+        self, principal: Principal, integration_id: str, connection_id: str
+    ) -> StoredConnection:
+        _check_ids(integration_id, connection_id)
+        stored = await self._repository.get_with_secrets(
+            principal.environment_id, integration_id, connection_id
+        )
+        if stored is None:
+            raise _not_found()
+        return stored
 
     def _encrypt(
         self, plaintext: bytes, purpose: str, connection: NewConnection | Connection
@@ -135,12 +193,23 @@ class ConnectionService:
                 reason="CREDENTIALS_AUTH_MODE_MISMATCH",
             )
 
-    async def create(self, principal: Principal, draft: ConnectionDraft) -> Connection:
+    async def create(
+        self, principal: Principal, draft: ConnectionDraft, *, skip_verification: bool = False
+    ) -> Connection:
+        """Stores a connection. Unless ``skip_verification``, the provider must accept the
+        credentials first (nothing is stored otherwise)."""
         self._validate_draft(draft, creating=True, paths=UPDATABLE_PATHS)
         integration = await self._integrations.get(principal, draft.integration_id)
         self._check_auth_mode(integration.auth_mode, draft.credentials)
         assert draft.credentials is not None
+        provider = self._provider(integration.provider)
         config = dict(draft.connection_config or {})
+        _check_provider_config(provider, config)
+        verification = UNVERIFIED
+        if not skip_verification:
+            verification = await self._verifier.before_storing(
+                provider, integration.integration_config, draft.credentials, config
+            )
         row = NewConnection(
             id=uuid.uuid4(),
             environment_id=principal.environment_id,
@@ -151,6 +220,7 @@ class ConnectionService:
             metadata=dict(draft.metadata or {}),
             tags=dict(draft.tags or {}),
             connection_config_keys=tuple(sorted(config)),
+            verification=verification,
         )
         secrets = EncryptedConnectionSecrets(
             credentials=self._encrypt(
@@ -179,6 +249,7 @@ class ConnectionService:
         tags: Mapping[str, str],
         page_size: int,
         after: tuple[str, str] | None,
+        verification_state: VerificationState | None = None,
     ) -> Page[Connection]:
         v = Violations()
         if integration_id:
@@ -190,6 +261,7 @@ class ConnectionService:
             principal.environment_id,
             integration_id=integration_id or None,
             tags=tags,
+            verification_state=verification_state,
             after=after,
             limit=limit + 1,
         )
@@ -206,7 +278,10 @@ class ConnectionService:
         *,
         etag: str,
         allow_missing: bool,
+        skip_verification: bool = False,
     ) -> Connection:
+        """Replaces the fields in ``paths``. New credentials or config are verified against
+        the provider (with the stored other half) unless ``skip_verification``."""
         unknown = sorted(paths - UPDATABLE_PATHS)
         if unknown:
             raise InvalidArgumentError.single(
@@ -223,12 +298,19 @@ class ConnectionService:
             if not allow_missing or expected_version is not None:
                 raise _not_found()
             try:
-                return await self.create(principal, draft)
+                return await self.create(principal, draft, skip_verification=skip_verification)
             except AlreadyExistsError:  # created concurrently: update it instead
                 current = await self.get(principal, draft.integration_id, draft.connection_id)
         if "credentials" in paths:
             self._check_auth_mode(current.auth_mode, draft.credentials)
-        changes = self._changes(current, draft, paths)
+        verification = None
+        if paths & {"credentials", "connection_config"}:
+            verification = await self._verify_replacement(
+                principal, draft, paths, skip_verification
+            )
+        changes = dataclasses.replace(
+            self._changes(current, draft, paths), verification=verification
+        )
         updated = await self._repository.update(
             principal.environment_id, current.id, changes, expected_version=expected_version
         )
@@ -241,6 +323,29 @@ class ConnectionService:
                 "the connection changed since the etag was read", reason="ETAG_MISMATCH"
             )
         raise _not_found()
+
+    async def _verify_replacement(
+        self,
+        principal: Principal,
+        draft: ConnectionDraft,
+        paths: frozenset[str],
+        skip_verification: bool,
+    ) -> VerificationRecord:
+        """Checks the credentials and config the connection will hold after the update."""
+        stored = await self._stored(principal, draft.integration_id, draft.connection_id)
+        credentials, config = self._decrypt(stored)
+        if "credentials" in paths:
+            assert draft.credentials is not None
+            credentials = draft.credentials
+        if "connection_config" in paths:
+            config = dict(draft.connection_config or {})
+        provider = self._provider(stored.provider)
+        _check_provider_config(provider, config)
+        if skip_verification:
+            return UNVERIFIED
+        return await self._verifier.before_storing(
+            provider, stored.integration_config, credentials, config
+        )
 
     def _changes(
         self, current: Connection, draft: ConnectionDraft, paths: frozenset[str]
@@ -274,26 +379,76 @@ class ConnectionService:
     async def access(
         self, principal: Principal, integration_id: str, connection_id: str
     ) -> RevealedCredentials:
-        _check_ids(integration_id, connection_id)
-        found = await self._repository.get_with_secrets(
-            principal.environment_id, integration_id, connection_id
+        stored = await self._stored(principal, integration_id, connection_id)
+        credentials, config = self._decrypt(stored)
+        auth = resolve_auth(
+            self._provider(stored.provider), stored.integration_config, credentials, config
         )
-        if found is None:
+        return RevealedCredentials(
+            stored.connection, credentials, config, auth.base_url, auth.headers, auth.query_params
+        )
+
+    async def verify(
+        self, principal: Principal, integration_id: str, connection_id: str
+    ) -> Connection:
+        """Checks the stored credentials against the provider now and records the outcome."""
+        stored = await self._stored(principal, integration_id, connection_id)
+        provider = self._provider(stored.provider)
+        connection = await self._check_stored(stored, provider)
+        if connection is None:
+            raise FailedPreconditionError(
+                f"{provider.display_name} has no verification request",
+                reason="VERIFICATION_NOT_AVAILABLE",
+            )
+        return connection
+
+    async def _check_stored(
+        self, stored: StoredConnection, provider: Provider
+    ) -> Connection | None:
+        """Probes and records; None when the provider has no verification request."""
+        credentials, config = self._decrypt(stored)
+        result = await self._verifier.probe(
+            provider, stored.integration_config, credentials, config
+        )
+        if result is None:
+            return None
+        record = VerificationRecord(result.state, datetime.now(UTC), result.http_status)
+        connection = stored.connection
+        updated = await self._repository.record_verification(
+            connection.environment_id, connection.id, record
+        )
+        if updated is None:
             raise _not_found()
-        connection, secrets = found
-        bound = binding(connection.environment_id, connection.integration_id, connection.id)
-        credentials_plain = self._cipher.decrypt(
-            secrets.credentials, purpose=CREDENTIALS_PURPOSE, binding=bound
-        )
-        config_plain = self._cipher.decrypt(
-            secrets.connection_config, purpose=CONFIG_PURPOSE, binding=bound
-        )
-        try:
-            credentials = _deserialize_credentials(connection.auth_mode, credentials_plain)
-            config = json.loads(config_plain)
-        except (ValueError, KeyError, TypeError):
-            raise DataIntegrityError("stored credentials are unreadable") from None
-        return RevealedCredentials(connection, credentials, config)
+        return updated
+
+    async def recheck_stale(self, max_age: timedelta, limit: int) -> int:
+        """Re-verifies up to ``limit`` connections (of every environment) not verified within
+        ``max_age``; returns how many were checked. Connections whose provider cannot verify
+        are stamped UNVERIFIED so they are not picked again before ``max_age``."""
+        stale = await self._repository.list_stale(datetime.now(UTC) - max_age, limit)
+        for stored in stale:
+            connection = stored.connection
+            try:
+                provider = self._provider(stored.provider)
+                if await self._check_stored(stored, provider) is None:
+                    await self._repository.record_verification(
+                        connection.environment_id,
+                        connection.id,
+                        VerificationRecord(VerificationState.UNVERIFIED, datetime.now(UTC)),
+                    )
+            except (DomainError, OSError) as exc:
+                log.warning(
+                    "re-check failed",
+                    connection_id=connection.connection_id,
+                    error_type=type(exc).__name__,
+                )
+        return len(stale)
+
+
+def _check_provider_config(provider: Provider, config: Mapping[str, str]) -> None:
+    v = Violations()
+    check_config(v, "connection.connection_config", provider.connection_config, config)
+    v.raise_if_any()
 
 
 def _serialize_config(config: Mapping[str, str]) -> bytes:

@@ -2,6 +2,7 @@
 
     DomainError
     ├── InvalidArgumentError     bad input; carries field violations  -> INVALID_ARGUMENT
+    ├── PermissionDeniedError    the key lacks a scope the call needs -> PERMISSION_DENIED
     ├── NotFoundError            missing, or in another environment   -> NOT_FOUND
     ├── AlreadyExistsError       id taken within the environment       -> ALREADY_EXISTS
     ├── FailedPreconditionError  the state forbids the call            -> FAILED_PRECONDITION
@@ -53,6 +54,10 @@ class InvalidArgumentError(DomainError):
         cls, field: str, description: str, *, reason: str | None = None
     ) -> InvalidArgumentError:
         return cls([FieldViolation(field, description)], reason=reason)
+
+
+class PermissionDeniedError(DomainError):
+    reason = "MISSING_SCOPE"
 
 
 class NotFoundError(DomainError):

@@ -80,10 +80,13 @@ def resolve_auth(
     try:
         base_url = _render(provider.base_url, variables).rstrip("/")
     except _Missing:
-        raise FailedPreconditionError(
-            "the provider's base URL needs config the connection lacks",
-            reason="CONNECTION_CONFIG_INCOMPLETE",
-        ) from None
+        if provider.generic:  # a generic integration without a base URL only stores keys
+            base_url = ""
+        else:
+            raise FailedPreconditionError(
+                "the provider's base URL needs config the connection lacks",
+                reason="CONNECTION_CONFIG_INCOMPLETE",
+            ) from None
     headers: dict[str, str] = {}
     query: dict[str, str] = {}
     for target, templates in ((headers, provider.headers), (query, provider.query)):
@@ -126,7 +129,8 @@ def verification_for(
     """The provider's verification request; generic providers take the path from config."""
     if provider.generic:
         path = integration_config.get("verification_path")
-        return Verification("GET", (path,)) if path else None
+        has_base = bool(integration_config.get("base_url"))
+        return Verification("GET", (path,)) if path and has_base else None
     return provider.verification
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from credbroker.domain.errors import NotFoundError
-from credbroker.domain.models import Integration, Page, Principal
+from credbroker.domain.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from credbroker.domain.injection import check_integration_config
+from credbroker.domain.models import AuthMode, Integration, Page, Principal, Scope
 from credbroker.domain.ports import IntegrationRepository
-from credbroker.domain.providers import ProviderCatalog
+from credbroker.domain.providers import Provider, ProviderCatalog
 from credbroker.domain.validation import (
     Violations,
     check_display_name,
@@ -18,6 +20,7 @@ from credbroker.domain.validation import (
 )
 
 INTEGRATION_NOT_FOUND = "integration not found"
+UPDATABLE_PATHS = frozenset({"display_name", "integration_config"})
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class IntegrationDraft:
     integration_id: str
     provider: str
     display_name: str
+    integration_config: Mapping[str, str] = field(default_factory=dict)
 
 
 class IntegrationService:
@@ -43,6 +47,8 @@ class IntegrationService:
             v.add("integration.provider", "is not a known provider")
         v.raise_if_any()
         assert provider is not None
+        check_integration_config(provider, draft.integration_config)
+        _check_may_direct_credentials(principal, provider, draft.integration_config)
         now = datetime.now(UTC)
         return await self._repository.create(
             Integration(
@@ -54,6 +60,7 @@ class IntegrationService:
                 auth_mode=provider.auth_mode,
                 create_time=now,
                 update_time=now,
+                integration_config=dict(draft.integration_config),
             )
         )
 
@@ -84,6 +91,7 @@ class IntegrationService:
         paths: frozenset[str],
         display_name: str,
         provider: str = "",
+        integration_config: Mapping[str, str] | None = None,
     ) -> Integration:
         """Updates ``display_name``. ``provider`` is immutable: naming it is accepted only when it
         repeats the stored value (clients often send back the resource they read)."""
@@ -94,7 +102,7 @@ class IntegrationService:
             current = await self.get(principal, integration_id)
             if provider == current.provider:
                 paths = paths - {"provider"}
-        for path in sorted(paths - {"display_name"}):
+        for path in sorted(paths - UPDATABLE_PATHS):
             if path in {"provider", "integration_id"}:
                 v.add("update_mask", f"{path} is immutable")
             elif path in {"auth_mode", "create_time", "update_time"}:
@@ -106,14 +114,45 @@ class IntegrationService:
             if not display_name:
                 v.add("integration.display_name", "must not be empty")
         v.raise_if_any()
-        if "display_name" not in paths:
+        if not paths & UPDATABLE_PATHS:
             return await self.get(principal, integration_id)
-        updated = await self._repository.update_display_name(
-            principal.environment_id, integration_id, display_name
+        new_config = None
+        if "integration_config" in paths:
+            current = await self.get(principal, integration_id)
+            new_config = dict(integration_config or {})
+            catalog_entry = self._catalog.get(current.provider)
+            if catalog_entry is not None:
+                check_integration_config(catalog_entry, new_config)
+                if new_config != dict(current.integration_config):
+                    _check_may_direct_credentials(principal, catalog_entry, new_config)
+        updated = await self._repository.update(
+            principal.environment_id,
+            integration_id,
+            display_name=display_name if "display_name" in paths else None,
+            integration_config=new_config,
         )
         if updated is None:
             raise NotFoundError(INTEGRATION_NOT_FOUND, reason="INTEGRATION_NOT_FOUND")
         return updated
+
+    def list_providers(
+        self, auth_mode: AuthMode | None, *, page_size: int, after: str | None
+    ) -> Page[Provider]:
+        v = Violations()
+        limit = check_page_size(v, "page_size", page_size)
+        v.raise_if_any()
+        matching = [p for p in self._catalog.list(auth_mode) if after is None or p.name > after]
+        items = matching[:limit]
+        more = len(matching) > limit
+        return Page(items, (items[-1].name,) if more and items else None)
+
+    def provider(self, name: str) -> Provider:
+        if not name:
+            raise InvalidArgumentError.single("name", "is required")
+        provider = self._catalog.get(name)
+        if provider is None:
+            raise NotFoundError("provider not found", reason="PROVIDER_NOT_FOUND")
+        return provider
 
     async def delete(self, principal: Principal, integration_id: str, *, force: bool) -> None:
         v = Violations()
@@ -121,3 +160,17 @@ class IntegrationService:
         v.raise_if_any()
         if not await self._repository.delete(principal.environment_id, integration_id, force=force):
             raise NotFoundError(INTEGRATION_NOT_FOUND, reason="INTEGRATION_NOT_FOUND")
+
+
+def _check_may_direct_credentials(
+    principal: Principal, provider: Provider, integration_config: Mapping[str, str]
+) -> None:
+    """A generic provider's integration config decides where and how credentials are sent
+    (base URL, verification path, key placement). Setting it is as powerful as reading the
+    credentials, so it also needs ``credentials:read``."""
+    if provider.generic and integration_config and Scope.CREDENTIALS_READ not in principal.scopes:
+        raise PermissionDeniedError(
+            "missing scope credentials:read (the integration config of a generic provider "
+            "decides where credentials are sent)",
+            metadata={"scope": Scope.CREDENTIALS_READ.value},
+        )

@@ -103,6 +103,29 @@ class Integration:
     auth_mode: AuthMode
     create_time: datetime
     update_time: datetime
+    integration_config: Mapping[str, str] = field(default_factory=dict)
+
+
+class VerificationState(enum.Enum):
+    """Stored in the database; see ``credbroker.v1.Verification.State``."""
+
+    UNVERIFIED = "unverified"
+    VERIFIED = "verified"
+    REJECTED = "rejected"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    """The last check of a connection's credentials against its provider."""
+
+    state: VerificationState
+    verify_time: datetime | None = None
+    http_status: int = 0
+    consecutive_failures: int = 0
+
+
+UNVERIFIED = VerificationRecord(VerificationState.UNVERIFIED)
 
 
 @dataclass(frozen=True)
@@ -121,6 +144,7 @@ class Connection:
     version: int
     create_time: datetime
     update_time: datetime
+    verification: VerificationRecord = UNVERIFIED
 
 
 @dataclass(frozen=True)
@@ -133,11 +157,14 @@ class EncryptedConnectionSecrets:
 
 @dataclass(frozen=True)
 class RevealedCredentials:
-    """The plaintext returned by AccessCredentials only."""
+    """The plaintext returned by AccessCredentials only, with ready-to-use auth."""
 
     connection: Connection
     credentials: Credentials
     connection_config: Mapping[str, str] = field(repr=False)
+    base_url: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    query_params: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return f"RevealedCredentials(connection={self.connection.connection_id!r}, <redacted>)"

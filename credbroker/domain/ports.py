@@ -9,12 +9,15 @@ from typing import Any, Protocol
 from uuid import UUID
 
 from credbroker.domain.models import (
+    UNVERIFIED,
     AuthMode,
     Connection,
     EncryptedConnectionSecrets,
     Environment,
     Integration,
     SecretKeyRecord,
+    VerificationRecord,
+    VerificationState,
 )
 
 
@@ -45,9 +48,16 @@ class IntegrationRepository(Protocol):
         self, environment_id: UUID, *, after: str | None, limit: int
     ) -> list[Integration]: ...
 
-    async def update_display_name(
-        self, environment_id: UUID, integration_id: str, display_name: str
-    ) -> Integration | None: ...
+    async def update(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        *,
+        display_name: str | None,
+        integration_config: Mapping[str, str] | None,
+    ) -> Integration | None:
+        """Replaces the given fields (None keeps the stored value)."""
+        ...
 
     async def delete(self, environment_id: UUID, integration_id: str, *, force: bool) -> bool:
         """Deletes; raises FailedPreconditionError if connections exist and not ``force``."""
@@ -65,6 +75,17 @@ class NewConnection:
     metadata: Mapping[str, Any]
     tags: Mapping[str, str]
     connection_config_keys: tuple[str, ...]
+    verification: VerificationRecord = UNVERIFIED
+
+
+@dataclass(frozen=True)
+class StoredConnection:
+    """A connection with its ciphertexts and what resolving its auth needs from the integration."""
+
+    connection: Connection
+    secrets: EncryptedConnectionSecrets
+    provider: str
+    integration_config: Mapping[str, str]
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,7 @@ class ConnectionChanges:
     connection_config_keys: tuple[str, ...] | None = None
     metadata: Mapping[str, Any] | None = field(default=None)
     tags: Mapping[str, str] | None = None
+    verification: VerificationRecord | None = None
 
 
 class ConnectionRepository(Protocol):
@@ -89,7 +111,18 @@ class ConnectionRepository(Protocol):
 
     async def get_with_secrets(
         self, environment_id: UUID, integration_id: str, connection_id: str
-    ) -> tuple[Connection, EncryptedConnectionSecrets] | None: ...
+    ) -> StoredConnection | None: ...
+
+    async def list_stale(self, verified_before: datetime, limit: int) -> list[StoredConnection]:
+        """Connections of every environment not verified since ``verified_before`` (never
+        verified first), for the background re-check."""
+        ...
+
+    async def record_verification(
+        self, environment_id: UUID, id: UUID, record: VerificationRecord
+    ) -> Connection | None:
+        """Stores a verification outcome; counts consecutive failures. Leaves the etag alone."""
+        ...
 
     async def list(
         self,
@@ -97,6 +130,7 @@ class ConnectionRepository(Protocol):
         *,
         integration_id: str | None,
         tags: Mapping[str, str],
+        verification_state: VerificationState | None = None,
         after: tuple[str, str] | None,
         limit: int,
     ) -> list[Connection]: ...

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 
 from credbroker.domain.errors import AlreadyExistsError, NotFoundError
-from credbroker.domain.models import AuthMode, Connection, EncryptedConnectionSecrets
-from credbroker.domain.ports import ConnectionChanges, NewConnection
+from credbroker.domain.models import (
+    AuthMode,
+    Connection,
+    EncryptedConnectionSecrets,
+    VerificationRecord,
+    VerificationState,
+)
+from credbroker.domain.ports import ConnectionChanges, NewConnection, StoredConnection
 from credbroker.storage.db import Database
 
-_COLUMNS = """id, environment_id, integration_id, connection_id, auth_mode, connection_config_keys,
-    metadata, tags, version, create_time, update_time"""
+_COLUMNS = """c.id, c.environment_id, c.integration_id, c.connection_id, c.auth_mode,
+    c.connection_config_keys, c.metadata, c.tags, c.version, c.create_time, c.update_time,
+    c.verification_state, c.verify_time, c.verify_http_status, c.verify_failures"""
 
 
 def _connection(row: asyncpg.Record) -> Connection:
@@ -30,7 +38,28 @@ def _connection(row: asyncpg.Record) -> Connection:
         version=row["version"],
         create_time=row["create_time"],
         update_time=row["update_time"],
+        verification=VerificationRecord(
+            VerificationState(row["verification_state"]),
+            row["verify_time"],
+            row["verify_http_status"],
+            row["verify_failures"],
+        ),
     )
+
+
+def _stored(row: asyncpg.Record) -> StoredConnection:
+    return StoredConnection(
+        _connection(row),
+        EncryptedConnectionSecrets(bytes(row["credentials_blob"]), bytes(row["config_blob"])),
+        row["provider"],
+        row["integration_config"],
+    )
+
+
+_STORED = f"""SELECT {_COLUMNS}, c.credentials_blob, c.config_blob, i.provider, i.integration_config
+    FROM connections c
+    JOIN integrations i ON i.environment_id = c.environment_id
+                       AND i.integration_id = c.integration_id"""  # noqa: S608
 
 
 class PostgresConnectionRepository:
@@ -40,10 +69,12 @@ class PostgresConnectionRepository:
     async def create(self, connection: NewConnection) -> Connection:
         try:
             row = await self._db.fetchrow(
-                f"""INSERT INTO connections (id, environment_id, integration_id, connection_id,
-                        auth_mode, credentials_blob, config_blob, connection_config_keys, metadata,
-                        tags)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {_COLUMNS}""",  # noqa: S608
+                f"""INSERT INTO connections AS c (id, environment_id, integration_id,
+                        connection_id, auth_mode, credentials_blob, config_blob,
+                        connection_config_keys, metadata, tags, verification_state, verify_time,
+                        verify_http_status)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                    RETURNING {_COLUMNS}""",  # noqa: S608
                 connection.id,
                 connection.environment_id,
                 connection.integration_id,
@@ -54,6 +85,9 @@ class PostgresConnectionRepository:
                 list(connection.connection_config_keys),
                 dict(connection.metadata),
                 dict(connection.tags),
+                connection.verification.state.value,
+                connection.verification.verify_time,
+                connection.verification.http_status,
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExistsError(
@@ -68,7 +102,7 @@ class PostgresConnectionRepository:
         self, environment_id: UUID, integration_id: str, connection_id: str
     ) -> Connection | None:
         row = await self._db.fetchrow(
-            f"""SELECT {_COLUMNS} FROM connections
+            f"""SELECT {_COLUMNS} FROM connections c
                 WHERE environment_id = $1 AND integration_id = $2 AND connection_id = $3""",  # noqa: S608
             environment_id,
             integration_id,
@@ -78,20 +112,43 @@ class PostgresConnectionRepository:
 
     async def get_with_secrets(
         self, environment_id: UUID, integration_id: str, connection_id: str
-    ) -> tuple[Connection, EncryptedConnectionSecrets] | None:
+    ) -> StoredConnection | None:
         row = await self._db.fetchrow(
-            f"""SELECT {_COLUMNS}, credentials_blob, config_blob FROM connections
-                WHERE environment_id = $1 AND integration_id = $2 AND connection_id = $3""",  # noqa: S608
+            f"""{_STORED}
+                WHERE c.environment_id = $1 AND c.integration_id = $2 AND c.connection_id = $3""",
             environment_id,
             integration_id,
             connection_id,
         )
-        if row is None:
-            return None
-        secrets = EncryptedConnectionSecrets(
-            bytes(row["credentials_blob"]), bytes(row["config_blob"])
+        return _stored(row) if row else None
+
+    async def list_stale(self, verified_before: datetime, limit: int) -> list[StoredConnection]:
+        rows = await self._db.fetch(
+            f"""{_STORED}
+                WHERE c.verify_time IS NULL OR c.verify_time < $1
+                ORDER BY c.verify_time NULLS FIRST, c.id LIMIT $2""",
+            verified_before,
+            limit,
         )
-        return _connection(row), secrets
+        return [_stored(r) for r in rows]
+
+    async def record_verification(
+        self, environment_id: UUID, id: UUID, record: VerificationRecord
+    ) -> Connection | None:
+        failed = record.state in {VerificationState.REJECTED, VerificationState.ERROR}
+        row = await self._db.fetchrow(
+            f"""UPDATE connections c SET
+                    verification_state = $3, verify_time = $4, verify_http_status = $5,
+                    verify_failures = CASE WHEN $6 THEN verify_failures + 1 ELSE 0 END
+                WHERE id = $1 AND environment_id = $2 RETURNING {_COLUMNS}""",  # noqa: S608
+            id,
+            environment_id,
+            record.state.value,
+            record.verify_time,
+            record.http_status,
+            failed,
+        )
+        return _connection(row) if row else None
 
     async def list(
         self,
@@ -99,16 +156,18 @@ class PostgresConnectionRepository:
         *,
         integration_id: str | None,
         tags: Mapping[str, str],
+        verification_state: VerificationState | None = None,
         after: tuple[str, str] | None,
         limit: int,
     ) -> list[Connection]:
         after_integration, after_connection = after if after else (None, None)
         rows = await self._db.fetch(
-            f"""SELECT {_COLUMNS} FROM connections
+            f"""SELECT {_COLUMNS} FROM connections c
                 WHERE environment_id = $1
                   AND ($2::text IS NULL OR integration_id = $2)
                   AND tags @> $3::jsonb
                   AND ($4::text IS NULL OR (integration_id, connection_id) > ($4, $5::text))
+                  AND ($7::text IS NULL OR verification_state = $7)
                 ORDER BY integration_id, connection_id
                 LIMIT $6""",  # noqa: S608
             environment_id,
@@ -117,6 +176,7 @@ class PostgresConnectionRepository:
             after_integration,
             after_connection,
             limit,
+            verification_state.value if verification_state else None,
         )
         return [_connection(r) for r in rows]
 
@@ -129,12 +189,17 @@ class PostgresConnectionRepository:
         expected_version: int | None,
     ) -> Connection | None:
         row = await self._db.fetchrow(
-            f"""UPDATE connections SET
+            f"""UPDATE connections c SET
                     credentials_blob = coalesce($4, credentials_blob),
                     config_blob = coalesce($5, config_blob),
                     connection_config_keys = coalesce($6, connection_config_keys),
                     metadata = coalesce($7::jsonb, metadata),
                     tags = coalesce($8::jsonb, tags),
+                    verification_state = coalesce($9, verification_state),
+                    verify_time = CASE WHEN $9::text IS NULL THEN verify_time ELSE $10 END,
+                    verify_http_status = CASE WHEN $9::text IS NULL THEN verify_http_status
+                                              ELSE $11 END,
+                    verify_failures = CASE WHEN $9::text IS NULL THEN verify_failures ELSE 0 END,
                     version = version + 1,
                     update_time = now()
                 WHERE id = $1 AND environment_id = $2 AND ($3::bigint IS NULL OR version = $3)
@@ -149,6 +214,9 @@ class PostgresConnectionRepository:
             else None,
             dict(changes.metadata) if changes.metadata is not None else None,
             dict(changes.tags) if changes.tags is not None else None,
+            changes.verification.state.value if changes.verification else None,
+            changes.verification.verify_time if changes.verification else None,
+            changes.verification.http_status if changes.verification else 0,
         )
         return _connection(row) if row else None
 

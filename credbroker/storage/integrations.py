@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from uuid import UUID
 
 import asyncpg
@@ -21,6 +22,7 @@ def _integration(row: asyncpg.Record) -> Integration:
         auth_mode=AuthMode(row["auth_mode"]),
         create_time=row["create_time"],
         update_time=row["update_time"],
+        integration_config=row["integration_config"],
     )
 
 
@@ -32,8 +34,8 @@ class PostgresIntegrationRepository:
         try:
             row = await self._db.fetchrow(
                 """INSERT INTO integrations (id, environment_id, integration_id, provider,
-                       display_name, auth_mode, create_time, update_time)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING *""",
+                       display_name, auth_mode, create_time, update_time, integration_config)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING *""",
                 integration.id,
                 integration.environment_id,
                 integration.integration_id,
@@ -41,6 +43,7 @@ class PostgresIntegrationRepository:
                 integration.display_name,
                 integration.auth_mode.value,
                 integration.create_time,
+                dict(integration.integration_config),
             )
         except asyncpg.UniqueViolationError:
             raise AlreadyExistsError(
@@ -70,15 +73,23 @@ class PostgresIntegrationRepository:
         )
         return [_integration(r) for r in rows]
 
-    async def update_display_name(
-        self, environment_id: UUID, integration_id: str, display_name: str
+    async def update(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        *,
+        display_name: str | None,
+        integration_config: Mapping[str, str] | None,
     ) -> Integration | None:
         row = await self._db.fetchrow(
-            """UPDATE integrations SET display_name = $3, update_time = now()
+            """UPDATE integrations SET display_name = coalesce($3, display_name),
+                   integration_config = coalesce($4::jsonb, integration_config),
+                   update_time = now()
                WHERE environment_id = $1 AND integration_id = $2 RETURNING *""",
             environment_id,
             integration_id,
             display_name,
+            dict(integration_config) if integration_config is not None else None,
         )
         return _integration(row) if row else None
 

@@ -25,7 +25,7 @@ from grpc_status import rpc_status
 
 from credbroker.domain import secret_keys
 from credbroker.domain.models import Scope
-from credbroker.v1 import connection_service_pb2, integration_service_pb2
+from credbroker.v1 import audit_service_pb2, connection_service_pb2, integration_service_pb2
 
 ERROR_DOMAIN = "credbroker.dev"
 UNAUTHENTICATED_DETAILS = "invalid credentials"
@@ -43,6 +43,10 @@ EXPECTED_SCOPES: dict[str, Scope] = {
     "/credbroker.v1.ConnectionService/UpdateConnection": Scope("connections:write"),
     "/credbroker.v1.ConnectionService/DeleteConnection": Scope("connections:write"),
     "/credbroker.v1.ConnectionService/AccessCredentials": Scope("credentials:read"),
+    "/credbroker.v1.ConnectionService/VerifyConnection": Scope("connections:write"),
+    "/credbroker.v1.IntegrationService/ListProviders": Scope("integrations:read"),
+    "/credbroker.v1.IntegrationService/GetProvider": Scope("integrations:read"),
+    "/credbroker.v1.AuditService/ListAuditEvents": Scope("audit:read"),
 }
 
 
@@ -50,6 +54,7 @@ def _discover() -> list[MethodDescriptor]:
     services = [
         integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"],
         connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"],
+        audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
     ]
     return [method for service in services for method in service.methods]
 

@@ -308,7 +308,7 @@ async def test_create_connection_wrong_auth_mode_basic_for_api_key(tenant: Any) 
 
 
 async def test_create_connection_wrong_auth_mode_api_key_for_basic(tenant: Any) -> None:
-    await create_integration(tenant, "jira", "jira-basic")
+    await create_integration(tenant, "jira", "twilio")
     secret = marker("sk")
     error = await invalid(
         create_connection_call(
@@ -364,7 +364,7 @@ async def test_create_connection_api_key_of_exactly_4096_bytes_is_accepted(tenan
 
 
 async def test_create_connection_basic_with_both_parts_empty(tenant: Any) -> None:
-    await create_integration(tenant, "jira", "jira-basic")
+    await create_integration(tenant, "jira", "twilio")
     await invalid(
         create_connection_call(
             tenant, integration_id="jira", connection_id="u", credentials=basic("", "")
@@ -374,7 +374,7 @@ async def test_create_connection_basic_with_both_parts_empty(tenant: Any) -> Non
 
 
 async def test_create_connection_basic_part_limits(tenant: Any) -> None:
-    await create_integration(tenant, "jira", "jira-basic")
+    await create_integration(tenant, "jira", "twilio")
     password = marker("pw")
     error = await invalid(
         create_connection_call(

@@ -185,7 +185,7 @@ async def test_no_secret_reaches_the_database_in_plaintext(tenant: Any, backend:
     canary = marker("canary")  # stored in plaintext on purpose: proves the scan can see values
 
     await create_integration(tenant, "openai", "openai")
-    await create_integration(tenant, "jira", "jira-basic")
+    await create_integration(tenant, "jira", "twilio")
     await create_connection(
         tenant,
         "openai",
@@ -388,7 +388,7 @@ async def test_credentials_survive_a_restart(
 ) -> None:
     secret, password = marker("persist"), marker("pw")
     await create_integration(tenant, "openai")
-    await create_integration(tenant, "jira", "jira-basic")
+    await create_integration(tenant, "jira", "twilio")
     await create_connection(
         tenant, "openai", "u", credentials=api_key(secret), connection_config={"org": "o"}
     )

@@ -147,7 +147,7 @@ async def test_credential_override_keeps_metadata_tags_and_config(tenant: Any) -
 
 
 async def test_basic_credential_override(tenant: Any) -> None:
-    created = await seed(tenant, "jira-basic")
+    created = await seed(tenant, "twilio")
     await update(
         tenant,
         rpb.Connection(
