@@ -33,10 +33,13 @@ from credbroker.domain.audit import AuditService
 from credbroker.domain.connections import ConnectionService
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
+from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
 from credbroker.domain.providers import ProviderCatalog, default_catalog
 from credbroker.domain.verification import CredentialVerifier
 from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
-from credbroker.storage.audit import PostgresAuditLog
+from credbroker.storage.audit import GroupCommitAuditLog, PostgresAuditLog
+from credbroker.storage.cache import CachingConnectionRepository, CachingSecretKeyRepository
+from credbroker.storage.changes import ChangeListener
 from credbroker.storage.connections import PostgresConnectionRepository
 from credbroker.storage.environments import (
     PostgresEnvironmentRepository,
@@ -88,6 +91,7 @@ class RunningServer:
     connections: ConnectionService
     background: list[asyncio.Task[None]]
     probe: HttpCredentialProbe
+    listener: ChangeListener | None
 
     async def stop(self, grace: float) -> None:
         """Drains: health turns NOT_SERVING first, then in-flight RPCs get ``grace`` seconds."""
@@ -99,6 +103,8 @@ class RunningServer:
         with contextlib.suppress(Exception):
             await self.keys.flush_last_used()
         await self.probe.close()
+        if self.listener is not None:
+            await self.listener.stop()
 
 
 def _server_options(settings: Settings) -> list[tuple[str, int]]:
@@ -173,19 +179,32 @@ async def start_server(
     binding when the keyring does not fit the stored data."""
     await verify_master_keys(backend.db, keyring)
     catalog = catalog or default_catalog()
+    listener: ChangeListener | None = None
+    connection_repository: ConnectionRepository = PostgresConnectionRepository(backend.db)
+    key_repository: SecretKeyRepository = PostgresSecretKeyRepository(backend.db)
+    if settings.cache_ttl > 0:
+        assert settings.database_url is not None
+        listener = ChangeListener(settings.database_url.get_secret_value())
+        await listener.start()
+        connection_repository = CachingConnectionRepository(
+            connection_repository, listener, ttl=settings.cache_ttl, size=settings.cache_size
+        )
+        key_repository = CachingSecretKeyRepository(
+            key_repository, listener, ttl=min(settings.cache_ttl, 10.0), size=settings.cache_size
+        )
     probe = HttpCredentialProbe(
         AddressGuard(parse_networks(settings.outbound_allow)), timeout=settings.verify_timeout
     )
     integrations = IntegrationService(PostgresIntegrationRepository(backend.db), catalog)
     connections = ConnectionService(
-        PostgresConnectionRepository(backend.db),
+        connection_repository,
         integrations,
         BoundCipher(EnvelopeCipher(keyring)),
         catalog,
         CredentialVerifier(probe if settings.verify_credentials else None),
     )
-    keys = key_service(backend)
-    audit_log = PostgresAuditLog(backend.db)
+    keys = KeyService(PostgresEnvironmentRepository(backend.db), key_repository)
+    audit_log = GroupCommitAuditLog(PostgresAuditLog(backend.db))
     server = grpc.aio.server(
         interceptors=[
             ServerInterceptor(
@@ -226,7 +245,7 @@ async def start_server(
     tasks = [asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))]
     if settings.recheck_interval > 0:
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
-    return RunningServer(server, port, health_servicer, keys, connections, tasks, probe)
+    return RunningServer(server, port, health_servicer, keys, connections, tasks, probe, listener)
 
 
 async def serve(settings: Settings, *, listen: str | None = None) -> None:

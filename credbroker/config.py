@@ -48,6 +48,13 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="re-check connections not verified for this many seconds"
     )
     recheck_batch: int = Field(100, ge=1, le=10000, description="connections per re-check run")
+    cache_ttl: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="seconds a cached key or connection ciphertext may live; 0 turns caches off",
+    )
+    cache_size: int = Field(10000, ge=1, description="entries per cache")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
 from uuid import UUID
 
 import asyncpg
@@ -43,6 +45,32 @@ class PostgresAuditLog:
             record.outcome,
         )
         return int(event_id)
+
+    async def append_many(self, records: Sequence[AuditRecord]) -> list[int]:
+        """Inserts the records in one statement (one commit); ids in the order given."""
+        rows = await self._db.fetch(
+            """INSERT INTO audit_events (request_id, environment_id, environment, key_id, method,
+                   integration_id, connection_id, outcome)
+               SELECT request_id, environment_id, environment, key_id, method, integration_id,
+                      connection_id, outcome
+               FROM unnest($1::text[], $2::uuid[], $3::text[], $4::text[], $5::text[],
+                           $6::text[], $7::text[], $8::text[])
+                    WITH ORDINALITY AS r(request_id, environment_id, environment, key_id, method,
+                                         integration_id, connection_id, outcome, position)
+               ORDER BY position
+               RETURNING id""",
+            [r.request_id for r in records],
+            [r.principal.environment_id for r in records],
+            [r.principal.environment_name for r in records],
+            [r.principal.key_id for r in records],
+            [r.method for r in records],
+            [r.integration_id for r in records],
+            [r.connection_id for r in records],
+            [r.outcome for r in records],
+        )
+        # ids come from one sequence in insertion order, and rows were inserted in `position`
+        # order, so the sorted ids line up with the records.
+        return sorted(int(row["id"]) for row in rows)
 
     async def set_outcome(self, event_id: int, outcome: str, connection_id: str) -> None:
         await self._db.execute(
@@ -92,3 +120,70 @@ class PostgresAuditLog:
             limit,
         )
         return [_event(r) for r in rows]
+
+
+class GroupCommitAuditLog:
+    """Batches concurrent appends into one INSERT: while one batch is being written, new records
+    queue up and go together in the next. Each ``append`` returns only once its own record is
+    committed, and raises if its batch failed, so callers keep the fail-closed rule."""
+
+    def __init__(
+        self,
+        inner: PostgresAuditLog,
+        *,
+        max_batch: int = 512,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._inner = inner
+        self._max_batch = max_batch
+        self._on_batch = on_batch
+        self._pending: list[tuple[AuditRecord, asyncio.Future[int]]] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    async def append(self, record: AuditRecord) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+        return await future
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                ids = await self._inner.append_many([record for record, _ in batch])
+            except BaseException as exc:  # every waiter of the batch learns it failed
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(
+                            exc if isinstance(exc, Exception) else RuntimeError("cancelled")
+                        )
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            if self._on_batch is not None:
+                self._on_batch(len(batch))
+            for (_, future), event_id in zip(batch, ids, strict=True):
+                if not future.done():
+                    future.set_result(event_id)
+
+    async def set_outcome(self, event_id: int, outcome: str, connection_id: str) -> None:
+        await self._inner.set_outcome(event_id, outcome, connection_id)
+
+    async def list(
+        self,
+        environment_id: UUID | None,
+        *,
+        integration_id: str,
+        connection_id: str,
+        before: int | None,
+        limit: int,
+    ) -> list[AuditEvent]:
+        return await self._inner.list(
+            environment_id,
+            integration_id=integration_id,
+            connection_id=connection_id,
+            before=before,
+            limit=limit,
+        )

@@ -1,0 +1,216 @@
+"""Per-process caches in front of the hot reads: secret keys (every RPC) and stored connections
+(AccessCredentials and GetConnection).
+
+They hold what the database holds (key hashes, ciphertexts), never plaintext. An entry lives at
+most ``ttl`` seconds and is dropped as soon as the database announces a change to its row
+(:mod:`credbroker.storage.changes`), so a revoked key or an updated credential takes effect on
+every server within the announcement delay (milliseconds), and within ``ttl`` at worst. While the
+announcement listener is down, the caches are bypassed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from uuid import UUID
+
+from cachetools import TTLCache
+
+from credbroker.domain.models import (
+    Connection,
+    SecretKeyRecord,
+    VerificationRecord,
+    VerificationState,
+)
+from credbroker.domain.ports import (
+    ConnectionChanges,
+    ConnectionRepository,
+    NewConnection,
+    SecretKeyRepository,
+    StoredConnection,
+)
+from credbroker.storage.changes import ChangeListener
+
+ConnectionKey = tuple[str, str, str]  # (environment id, integration id, connection id)
+
+
+class CacheStats:
+    """Hit and miss counts, read by the metrics endpoint."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.misses = 0
+
+
+class _Invalidations:
+    """Counts invalidations so a read that raced with one is not cached: a change announced
+    while the database read was in flight could otherwise be overwritten by the stale result."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+class CachingSecretKeyRepository:
+    """Caches ``get`` by key id; writes pass through and drop the entry."""
+
+    def __init__(
+        self, inner: SecretKeyRepository, listener: ChangeListener, *, ttl: float, size: int
+    ) -> None:
+        self._inner = inner
+        self._listener = listener
+        self._cache: TTLCache[str, SecretKeyRecord] = TTLCache(maxsize=size, ttl=ttl)
+        self._invalidations = _Invalidations()
+        self.stats = CacheStats()
+        listener.subscribe(self._on_change, self._clear)
+
+    def _clear(self) -> None:
+        self._invalidations.count += 1
+        self._cache.clear()
+
+    def _forget(self, key_id: str) -> None:
+        self._invalidations.count += 1
+        self._cache.pop(key_id, None)
+
+    def _on_change(self, parts: list[str]) -> None:
+        if parts[0] == "k" and len(parts) == 2:
+            self._forget(parts[1])
+
+    async def get(self, key_id: str) -> SecretKeyRecord | None:
+        if not self._listener.healthy:
+            return await self._inner.get(key_id)
+        cached = self._cache.get(key_id)
+        if cached is not None:
+            self.stats.hits += 1
+            return cached
+        self.stats.misses += 1
+        before = self._invalidations.count
+        record = await self._inner.get(key_id)
+        # Unknown ids are not cached (nothing to revoke, no memory for junk ids).
+        if record is not None and before == self._invalidations.count:
+            self._cache[key_id] = record
+        return record
+
+    async def create(self, record: SecretKeyRecord) -> None:
+        await self._inner.create(record)
+
+    async def list(self, environment_id: UUID) -> list[SecretKeyRecord]:
+        return await self._inner.list(environment_id)
+
+    async def revoke(self, key_id: str) -> bool:
+        revoked = await self._inner.revoke(key_id)
+        self._forget(key_id)
+        return revoked
+
+    async def expire_by(self, key_id: str, expire_time: datetime) -> None:
+        await self._inner.expire_by(key_id, expire_time)
+        self._forget(key_id)
+
+    async def record_last_used(self, used: Mapping[str, datetime]) -> None:
+        await self._inner.record_last_used(used)
+
+
+class CachingConnectionRepository:
+    """Caches ``get_with_secrets`` (and serves ``get`` from it); every write drops the entry."""
+
+    def __init__(
+        self, inner: ConnectionRepository, listener: ChangeListener, *, ttl: float, size: int
+    ) -> None:
+        self._inner = inner
+        self._listener = listener
+        self._cache: TTLCache[ConnectionKey, StoredConnection] = TTLCache(maxsize=size, ttl=ttl)
+        self._invalidations = _Invalidations()
+        self.stats = CacheStats()
+        listener.subscribe(self._on_change, self._clear)
+
+    def _clear(self) -> None:
+        self._invalidations.count += 1
+        self._cache.clear()
+
+    def _on_change(self, parts: list[str]) -> None:
+        self._invalidations.count += 1
+        if parts[0] == "c" and len(parts) == 4:
+            self._cache.pop((parts[1], parts[2], parts[3]), None)
+        elif parts[0] == "i" and len(parts) == 3:
+            # An integration's config feeds every cached connection of it.
+            for key in [k for k in self._cache if k[0] == parts[1] and k[1] == parts[2]]:
+                self._cache.pop(key, None)
+
+    def _forget(self, environment_id: UUID, integration_id: str, connection_id: str) -> None:
+        self._invalidations.count += 1
+        self._cache.pop((str(environment_id), integration_id, connection_id), None)
+
+    async def get_with_secrets(
+        self, environment_id: UUID, integration_id: str, connection_id: str
+    ) -> StoredConnection | None:
+        if not self._listener.healthy:
+            return await self._inner.get_with_secrets(environment_id, integration_id, connection_id)
+        key = (str(environment_id), integration_id, connection_id)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self.stats.hits += 1
+            return cached
+        self.stats.misses += 1
+        before = self._invalidations.count
+        stored = await self._inner.get_with_secrets(environment_id, integration_id, connection_id)
+        if stored is not None and before == self._invalidations.count:
+            self._cache[key] = stored
+        return stored
+
+    async def get(
+        self, environment_id: UUID, integration_id: str, connection_id: str
+    ) -> Connection | None:
+        stored = await self.get_with_secrets(environment_id, integration_id, connection_id)
+        return stored.connection if stored is not None else None
+
+    async def create(self, connection: NewConnection) -> Connection:
+        return await self._inner.create(connection)
+
+    async def update(
+        self,
+        environment_id: UUID,
+        id: UUID,
+        changes: ConnectionChanges,
+        *,
+        expected_version: int | None,
+    ) -> Connection | None:
+        updated = await self._inner.update(
+            environment_id, id, changes, expected_version=expected_version
+        )
+        if updated is not None:
+            self._forget(environment_id, updated.integration_id, updated.connection_id)
+        return updated
+
+    async def record_verification(
+        self, environment_id: UUID, id: UUID, record: VerificationRecord
+    ) -> Connection | None:
+        updated = await self._inner.record_verification(environment_id, id, record)
+        if updated is not None:
+            self._forget(environment_id, updated.integration_id, updated.connection_id)
+        return updated
+
+    async def delete(self, environment_id: UUID, integration_id: str, connection_id: str) -> bool:
+        deleted = await self._inner.delete(environment_id, integration_id, connection_id)
+        self._forget(environment_id, integration_id, connection_id)
+        return deleted
+
+    async def list_stale(self, verified_before: datetime, limit: int) -> list[StoredConnection]:
+        return await self._inner.list_stale(verified_before, limit)
+
+    async def list(
+        self,
+        environment_id: UUID,
+        *,
+        integration_id: str | None,
+        tags: Mapping[str, str],
+        verification_state: VerificationState | None = None,
+        after: tuple[str, str] | None,
+        limit: int,
+    ) -> list[Connection]:
+        return await self._inner.list(
+            environment_id,
+            integration_id=integration_id,
+            tags=tags,
+            verification_state=verification_state,
+            after=after,
+            limit=limit,
+        )
