@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -13,6 +14,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from credbroker import metrics
 from credbroker.api.audit import Auditor
 from credbroker.api.audit_service import AuditServicer
 from credbroker.api.connections import ConnectionServicer
@@ -31,6 +33,7 @@ from credbroker.config import Settings
 from credbroker.crypto import EnvelopeCipher, Keyring
 from credbroker.domain.audit import AuditService
 from credbroker.domain.connections import ConnectionService
+from credbroker.domain.errors import DomainError
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
 from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
@@ -46,6 +49,7 @@ from credbroker.storage.environments import (
     PostgresSecretKeyRepository,
 )
 from credbroker.storage.integrations import PostgresIntegrationRepository
+from credbroker.storage.master_keys import PostgresMasterKeyRepository
 from credbroker.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
@@ -140,6 +144,48 @@ def _add_port(server: grpc.aio.Server, settings: Settings, address: str) -> int:
     return server.add_secure_port(address, credentials)
 
 
+def _sample_pool(backend: Backend) -> None:
+    pool = backend.db.pool
+    idle = pool.get_idle_size()
+    metrics.POOL_CONNECTIONS.labels("idle").set(idle)
+    metrics.POOL_CONNECTIONS.labels("in_use").set(pool.get_size() - idle)
+    metrics.POOL_CONNECTIONS.labels("max").set(pool.get_max_size())
+
+
+HEALTH_PROBE_SECONDS = 2.0
+
+
+async def _sample_periodically(
+    samplers: list[Callable[[], None]], backend: Backend, health_servicer: health.aio.HealthServicer
+) -> None:
+    """Every few seconds: publish sampled metrics and check the database, turning health
+    NOT_SERVING while it is unreachable (and SERVING again once it answers)."""
+    serving = True
+    rounds = 0
+    while True:
+        await asyncio.sleep(HEALTH_PROBE_SECONDS)
+        for sample in samplers:
+            sample()
+        try:
+            async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+                await backend.db.fetchval("SELECT 1")
+                if rounds % 30 == 0:
+                    repository = PostgresMasterKeyRepository(backend.db)
+                    for key_id, count in (await repository.rows_per_key()).items():
+                        metrics.STORED_BLOBS.labels(str(key_id)).set(count)
+            healthy = True
+        except (DomainError, TimeoutError, OSError):
+            healthy = False
+        rounds += 1
+        if healthy != serving:
+            serving = healthy
+            status = SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+            log.warning("database reachable" if healthy else "database unreachable; NOT_SERVING")
+            for name in (*SERVICE_NAMES, ""):
+                await health_servicer.set(name, status)
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
 RECHECK_LOCK_KEY = 0x63627276  # "cbrv": one background re-check runner across all servers
 
 
@@ -204,7 +250,9 @@ async def start_server(
         CredentialVerifier(probe if settings.verify_credentials else None),
     )
     keys = KeyService(PostgresEnvironmentRepository(backend.db), key_repository)
-    audit_log = GroupCommitAuditLog(PostgresAuditLog(backend.db))
+    audit_log = GroupCommitAuditLog(
+        PostgresAuditLog(backend.db), on_batch=metrics.AUDIT_BATCH.observe
+    )
     server = grpc.aio.server(
         interceptors=[
             ServerInterceptor(
@@ -245,6 +293,11 @@ async def start_server(
     tasks = [asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))]
     if settings.recheck_interval > 0:
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
+    samplers: list[Callable[[], None]] = [lambda: _sample_pool(backend)]
+    for name, repository in (("connections", connection_repository), ("keys", key_repository)):
+        if isinstance(repository, CachingConnectionRepository | CachingSecretKeyRepository):
+            samplers.append(metrics.count_deltas(name, repository.stats))
+    tasks.append(asyncio.create_task(_sample_periodically(samplers, backend, health_servicer)))
     return RunningServer(server, port, health_servicer, keys, connections, tasks, probe, listener)
 
 

@@ -17,6 +17,7 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 import httpx
 import structlog
 
+from credbroker import metrics
 from credbroker.domain.injection import ResolvedAuth
 from credbroker.domain.models import VerificationState
 from credbroker.domain.providers import Verification
@@ -89,12 +90,13 @@ class HttpCredentialProbe:
         await self._client.aclose()
 
     async def probe(self, auth: ResolvedAuth, verification: Verification) -> ProbeResult:
-        last = ProbeResult(VerificationState.ERROR, 0, "no request made")
+        result = ProbeResult(VerificationState.ERROR, 0, "no request made")
         for path in verification.paths:
-            last = await self._request(verification.method, auth.base_url + path, auth)
-            if last.state is VerificationState.VERIFIED:
-                return last
-        return last
+            result = await self._request(verification.method, auth.base_url + path, auth)
+            if result.state is VerificationState.VERIFIED:
+                break
+        metrics.VERIFICATIONS.labels(result.state.value).inc()
+        return result
 
     async def _request(self, method: str, url: str, auth: ResolvedAuth) -> ProbeResult:
         params = dict(auth.query_params)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ import grpc
 import structlog
 from google.rpc import status_pb2
 
+from credbroker import metrics
 from credbroker.api import errors
 from credbroker.api.audit import Auditor
 from credbroker.domain.errors import DomainError, InvalidArgumentError
@@ -152,6 +154,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
             request_id = _start_request(method)
             principal: Principal | None = None
             event_id: int | None = None
+            started = time.perf_counter()
+            code = "OK"
             try:
                 async with asyncio.timeout(self._deadline(context)):
                     if exempt:
@@ -169,11 +173,15 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 raise
             except Exception as error:  # noqa: BLE001 - last-resort mapping
                 status = self._status_for(error, request_id)
+                code = _code_name(status)
                 if principal is not None:
                     await self._auditor.failed(
-                        event_id, request_id, principal, method, request, _code_name(status)
+                        event_id, request_id, principal, method, request, code
                     )
                 await errors.abort(context, status)
+            finally:
+                metrics.RPCS.labels(method, code).inc()
+                metrics.RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 
         field = "stream_unary" if handler.request_streaming else "unary_unary"
         return handler._replace(**{field: unary})
