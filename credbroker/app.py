@@ -127,7 +127,9 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 30_000),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.keepalive_permit_without_calls", 0),
-        ("grpc.so_reuseport", 0),
+        # Off unless several worker processes share the port on purpose: with it on, a second
+        # server would silently share a port already in use.
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from credbroker import dev
-from credbroker.app import key_service, serve
+from credbroker import dev, workers
+from credbroker.app import key_service
 from credbroker.bootstrap import (
     Backend,
     BoundCipher,
@@ -61,6 +61,15 @@ def _build_parser() -> argparse.ArgumentParser:
         "--listen", help="HOST:PORT (default 127.0.0.1:50051, CREDBROKER_LISTEN)"
     )
     serve_cmd.add_argument("--no-reflection", action="store_true", help="do not serve reflection")
+    serve_cmd.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes sharing the port (default: CREDBROKER_WORKERS, else the CPU count)",
+    )
+    serve_cmd.add_argument(
+        "--metrics-listen", help="HOST:PORT for Prometheus metrics (CREDBROKER_METRICS_LISTEN)"
+    )
     serve_cmd.add_argument("--tls-cert", type=Path, help="PEM certificate chain (enables TLS)")
     serve_cmd.add_argument("--tls-key", type=Path, help="PEM private key for --tls-cert")
     serve_cmd.add_argument(
@@ -159,29 +168,7 @@ async def _with_backend(settings: Settings, action: Callable[[Backend], Awaitabl
 
 async def _run(args: argparse.Namespace) -> None:
     settings = _settings(args)
-    if args.command == "serve":
-        if args.listen:
-            settings = settings.model_copy(update={"listen": Settings(listen=args.listen).listen})
-        overrides = {
-            "reflection": False if args.no_reflection else settings.reflection,
-            "tls_cert": args.tls_cert or settings.tls_cert,
-            "tls_key": args.tls_key or settings.tls_key,
-            "tls_client_ca": args.tls_client_ca or settings.tls_client_ca,
-        }
-        settings = Settings.model_validate({**settings.model_dump(), **overrides})
-        if args.dev:
-
-            async def first_key(backend: Backend) -> None:
-                token = await dev.ensure_dev_key(backend, settings, key_service(backend))
-                if token is not None:
-                    print("\ncredbroker dev key (saved in the data folder):", file=sys.stderr)
-                    print("  " + dev.grpcurl_hint(token, settings.listen) + "\n", file=sys.stderr)
-                else:
-                    print(f"dev key: {settings.data_dir.resolve() / dev.KEY_FILE}", file=sys.stderr)
-
-            await _with_backend(settings, first_key)
-        await serve(settings)
-    elif args.command == "migrate":
+    if args.command == "migrate":
         await _with_backend(settings, lambda backend: asyncio.sleep(0))
         print("migrations applied")
     elif args.command == "environments":
@@ -193,6 +180,35 @@ async def _run(args: argparse.Namespace) -> None:
         await _with_backend(settings, lambda backend: _keyring(args, backend, keyring))
     elif args.command == "audit":
         await _with_backend(settings, lambda backend: _audit_tail(args, backend))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    overrides = {
+        "listen": args.listen or settings.listen,
+        "reflection": False if args.no_reflection else settings.reflection,
+        "tls_cert": args.tls_cert or settings.tls_cert,
+        "tls_key": args.tls_key or settings.tls_key,
+        "tls_client_ca": args.tls_client_ca or settings.tls_client_ca,
+        "workers": args.workers or settings.workers or os.cpu_count() or 1,
+        "metrics_listen": args.metrics_listen or settings.metrics_listen,
+    }
+    settings = Settings.model_validate({**settings.model_dump(), **overrides})
+    if args.dev:
+
+        async def first_key(backend: Backend) -> None:
+            token = await dev.ensure_dev_key(backend, settings, key_service(backend))
+            if token is not None:
+                print("\ncredbroker dev key (saved in the data folder):", file=sys.stderr)
+                print("  " + dev.grpcurl_hint(token, settings.listen) + "\n", file=sys.stderr)
+            else:
+                print(f"dev key: {settings.data_dir.resolve() / dev.KEY_FILE}", file=sys.stderr)
+
+        workers.run(_with_backend(settings, first_key))
+    assert settings.workers is not None
+    return workers.run_server(
+        settings, workers=settings.workers, metrics_listen=settings.metrics_listen
+    )
 
 
 async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring) -> None:
@@ -324,7 +340,9 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     try:
-        asyncio.run(_run(args))
+        if args.command == "serve":
+            return _serve(args)
+        workers.run(_run(args))
     except (StartupError, DomainError, ValueError) as exc:
         print(f"credbroker: {exc}", file=sys.stderr)
         return 1

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="re-check connections not verified for this many seconds"
     )
     recheck_batch: int = Field(100, ge=1, le=10000, description="connections per re-check run")
+    workers: int | None = Field(
+        None, ge=1, le=64, description="server processes sharing the port; default: CPU count"
+    )
+    metrics_listen: str | None = Field(None, description="HOST:PORT of the Prometheus endpoint")
+    reuse_port: bool = Field(
+        False, description="bind with SO_REUSEPORT (set for each process of serve --workers)"
+    )
     cache_ttl: float = Field(
         30.0,
         ge=0,
@@ -75,9 +82,11 @@ class Settings(BaseSettings):
             raise ValueError("CREDBROKER_TLS_CLIENT_CA needs CREDBROKER_TLS_CERT and _KEY")
         return self
 
-    @field_validator("listen")
+    @field_validator("listen", "metrics_listen")
     @classmethod
-    def _check_listen(cls, value: str) -> str:
+    def _check_listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:50051")

@@ -21,7 +21,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class AuditEvent(_message.Message):
-    """One audited call."""
+    """One audited call. Output only."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -37,20 +37,29 @@ class AuditEvent(_message.Message):
     event_id: _builtins.str
     """Output only. Increasing id of the event (decimal string)."""
     request_id: _builtins.str
-    """Output only. The server's id of the request (also in its logs)."""
+    """Output only. The server's id of the request (also in its logs, and in the message of an
+    INTERNAL error).
+    """
     key_id: _builtins.str
-    """Output only. The id of the secret key that made the call."""
+    """Output only. The id of the secret key that made the call (the public part of
+    `cbsk_<key id>_...`, as shown by `credbroker keys list`).
+    """
     environment: _builtins.str
     """Output only. The environment of that key."""
     method: _builtins.str
     """Output only. The full gRPC method name, e.g. `/credbroker.v1.ConnectionService/AccessCredentials`."""
     integration_id: _builtins.str
-    """Output only. The integration the call addressed, if any."""
+    """Output only. The integration the call addressed; empty if none, `<invalid>` if the
+    request carried a malformed id (invalid input is never copied into the trail).
+    """
     connection_id: _builtins.str
-    """Output only. The connection the call addressed, if any."""
+    """Output only. The connection the call addressed (for a created connection, the id it got);
+    empty if none, `<invalid>` if the request carried a malformed id.
+    """
     outcome: _builtins.str
-    """Output only. The gRPC status code name the call ended with (`OK`, `NOT_FOUND`, ...), or
-    `UNFINISHED` when the server stopped before recording it.
+    """Output only. The gRPC status code name the call ended with (`OK`, `NOT_FOUND`,
+    `PERMISSION_DENIED`, ...), or `UNFINISHED` when the server stopped before recording it
+    (the change may or may not have been made).
     """
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
@@ -92,11 +101,14 @@ class ListAuditEventsRequest(_message.Message):
     negative values are INVALID_ARGUMENT.
     """
     page_token: _builtins.str
-    """Optional. The `next_page_token` of a previous call with the same filters."""
+    """Optional. The `next_page_token` of a previous call with the same filters. A token from a
+    call with other filters or another method, or one this server did not issue, is
+    INVALID_ARGUMENT.
+    """
     integration_id: _builtins.str
-    """Optional. Only events of this integration."""
+    """Optional. Only events of this integration (an integration id, 1-128 characters)."""
     connection_id: _builtins.str
-    """Optional. Only events of this connection."""
+    """Optional. Only events of this connection (a connection id, 1-255 characters)."""
     def __init__(
         self,
         *,
@@ -122,10 +134,10 @@ class ListAuditEventsResponse(_message.Message):
     AUDIT_EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Opaque token for the next (older) page; empty on the last page."""
+    """Output only. Opaque token for the next (older) page; empty on the last page."""
     @_builtins.property
     def audit_events(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEvent]:
-        """The events of this page, newest first."""
+        """Output only. The events of this page, newest first."""
 
     def __init__(
         self,

@@ -26,12 +26,19 @@ if _version_not_supported:
 
 
 class AuditServiceStub:
-    """Reads the audit trail: one event for every mutating call and every
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who, what, when and
-    the outcome. Events never contain secret values.
+    """Reads the audit trail: one event for every call of a mutating method
+    ([IntegrationService][credbroker.v1.IntegrationService] Create/Update/DeleteIntegration,
+    [ConnectionService][credbroker.v1.ConnectionService] Create/Update/Delete/VerifyConnection)
+    and every [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who,
+    what, when and the outcome, including calls refused for a missing scope. Calls without a
+    valid key are not recorded. Events never contain secret values.
 
-    Needs `authorization: Bearer <secret key>` with the `audit:read` scope; events are those of the
-    key's environment.
+    Needs exactly one `authorization: Bearer <secret key>` metadata entry (UNAUTHENTICATED, reason
+    `UNAUTHENTICATED`, otherwise) with the `audit:read` scope (PERMISSION_DENIED, reason
+    `MISSING_SCOPE`); the events are those of the key's environment. Any call may also return
+    UNAVAILABLE (database unreachable; retry with backoff), RESOURCE_EXHAUSTED,
+    DEADLINE_EXCEEDED or INTERNAL, as described for
+    [ConnectionService][credbroker.v1.ConnectionService].
     """
 
     def __init__(self, channel):
@@ -48,16 +55,25 @@ class AuditServiceStub:
 
 
 class AuditServiceServicer:
-    """Reads the audit trail: one event for every mutating call and every
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who, what, when and
-    the outcome. Events never contain secret values.
+    """Reads the audit trail: one event for every call of a mutating method
+    ([IntegrationService][credbroker.v1.IntegrationService] Create/Update/DeleteIntegration,
+    [ConnectionService][credbroker.v1.ConnectionService] Create/Update/Delete/VerifyConnection)
+    and every [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who,
+    what, when and the outcome, including calls refused for a missing scope. Calls without a
+    valid key are not recorded. Events never contain secret values.
 
-    Needs `authorization: Bearer <secret key>` with the `audit:read` scope; events are those of the
-    key's environment.
+    Needs exactly one `authorization: Bearer <secret key>` metadata entry (UNAUTHENTICATED, reason
+    `UNAUTHENTICATED`, otherwise) with the `audit:read` scope (PERMISSION_DENIED, reason
+    `MISSING_SCOPE`); the events are those of the key's environment. Any call may also return
+    UNAVAILABLE (database unreachable; retry with backoff), RESOURCE_EXHAUSTED,
+    DEADLINE_EXCEEDED or INTERNAL, as described for
+    [ConnectionService][credbroker.v1.ConnectionService].
     """
 
     def ListAuditEvents(self, request, context):
-        """Lists audit events, newest first. Scope `audit:read`.
+        """Lists audit events, newest first, paginated. Not itself audited. Errors: INVALID_ARGUMENT
+        (malformed id filters, negative `page_size`, foreign or malformed `page_token`). Scope
+        `audit:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,12 +96,19 @@ def add_AuditServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AuditService:
-    """Reads the audit trail: one event for every mutating call and every
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who, what, when and
-    the outcome. Events never contain secret values.
+    """Reads the audit trail: one event for every call of a mutating method
+    ([IntegrationService][credbroker.v1.IntegrationService] Create/Update/DeleteIntegration,
+    [ConnectionService][credbroker.v1.ConnectionService] Create/Update/Delete/VerifyConnection)
+    and every [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who,
+    what, when and the outcome, including calls refused for a missing scope. Calls without a
+    valid key are not recorded. Events never contain secret values.
 
-    Needs `authorization: Bearer <secret key>` with the `audit:read` scope; events are those of the
-    key's environment.
+    Needs exactly one `authorization: Bearer <secret key>` metadata entry (UNAUTHENTICATED, reason
+    `UNAUTHENTICATED`, otherwise) with the `audit:read` scope (PERMISSION_DENIED, reason
+    `MISSING_SCOPE`); the events are those of the key's environment. Any call may also return
+    UNAVAILABLE (database unreachable; retry with backoff), RESOURCE_EXHAUSTED,
+    DEADLINE_EXCEEDED or INTERNAL, as described for
+    [ConnectionService][credbroker.v1.ConnectionService].
     """
 
     @staticmethod

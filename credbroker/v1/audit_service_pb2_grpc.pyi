@@ -27,12 +27,19 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AuditServiceStub:
-    """Reads the audit trail: one event for every mutating call and every
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who, what, when and
-    the outcome. Events never contain secret values.
+    """Reads the audit trail: one event for every call of a mutating method
+    ([IntegrationService][credbroker.v1.IntegrationService] Create/Update/DeleteIntegration,
+    [ConnectionService][credbroker.v1.ConnectionService] Create/Update/Delete/VerifyConnection)
+    and every [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who,
+    what, when and the outcome, including calls refused for a missing scope. Calls without a
+    valid key are not recorded. Events never contain secret values.
 
-    Needs `authorization: Bearer <secret key>` with the `audit:read` scope; events are those of the
-    key's environment.
+    Needs exactly one `authorization: Bearer <secret key>` metadata entry (UNAUTHENTICATED, reason
+    `UNAUTHENTICATED`, otherwise) with the `audit:read` scope (PERMISSION_DENIED, reason
+    `MISSING_SCOPE`); the events are those of the key's environment. Any call may also return
+    UNAVAILABLE (database unreachable; retry with backoff), RESOURCE_EXHAUSTED,
+    DEADLINE_EXCEEDED or INTERNAL, as described for
+    [ConnectionService][credbroker.v1.ConnectionService].
     """
 
     @_typing.overload
@@ -40,29 +47,49 @@ class AuditServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AuditServiceAsyncStub: ...
     ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_audit_service_pb2.ListAuditEventsRequest, _audit_service_pb2.ListAuditEventsResponse]
-    """Lists audit events, newest first. Scope `audit:read`."""
+    """Lists audit events, newest first, paginated. Not itself audited. Errors: INVALID_ARGUMENT
+    (malformed id filters, negative `page_size`, foreign or malformed `page_token`). Scope
+    `audit:read`.
+    """
 
 @_typing.type_check_only
 class AuditServiceAsyncStub(AuditServiceStub):
-    """Reads the audit trail: one event for every mutating call and every
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who, what, when and
-    the outcome. Events never contain secret values.
+    """Reads the audit trail: one event for every call of a mutating method
+    ([IntegrationService][credbroker.v1.IntegrationService] Create/Update/DeleteIntegration,
+    [ConnectionService][credbroker.v1.ConnectionService] Create/Update/Delete/VerifyConnection)
+    and every [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who,
+    what, when and the outcome, including calls refused for a missing scope. Calls without a
+    valid key are not recorded. Events never contain secret values.
 
-    Needs `authorization: Bearer <secret key>` with the `audit:read` scope; events are those of the
-    key's environment.
+    Needs exactly one `authorization: Bearer <secret key>` metadata entry (UNAUTHENTICATED, reason
+    `UNAUTHENTICATED`, otherwise) with the `audit:read` scope (PERMISSION_DENIED, reason
+    `MISSING_SCOPE`); the events are those of the key's environment. Any call may also return
+    UNAVAILABLE (database unreachable; retry with backoff), RESOURCE_EXHAUSTED,
+    DEADLINE_EXCEEDED or INTERNAL, as described for
+    [ConnectionService][credbroker.v1.ConnectionService].
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListAuditEvents: _aio.UnaryUnaryMultiCallable[_audit_service_pb2.ListAuditEventsRequest, _audit_service_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
-    """Lists audit events, newest first. Scope `audit:read`."""
+    """Lists audit events, newest first, paginated. Not itself audited. Errors: INVALID_ARGUMENT
+    (malformed id filters, negative `page_size`, foreign or malformed `page_token`). Scope
+    `audit:read`.
+    """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Reads the audit trail: one event for every mutating call and every
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who, what, when and
-    the outcome. Events never contain secret values.
+    """Reads the audit trail: one event for every call of a mutating method
+    ([IntegrationService][credbroker.v1.IntegrationService] Create/Update/DeleteIntegration,
+    [ConnectionService][credbroker.v1.ConnectionService] Create/Update/Delete/VerifyConnection)
+    and every [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], with who,
+    what, when and the outcome, including calls refused for a missing scope. Calls without a
+    valid key are not recorded. Events never contain secret values.
 
-    Needs `authorization: Bearer <secret key>` with the `audit:read` scope; events are those of the
-    key's environment.
+    Needs exactly one `authorization: Bearer <secret key>` metadata entry (UNAUTHENTICATED, reason
+    `UNAUTHENTICATED`, otherwise) with the `audit:read` scope (PERMISSION_DENIED, reason
+    `MISSING_SCOPE`); the events are those of the key's environment. Any call may also return
+    UNAVAILABLE (database unreachable; retry with backoff), RESOURCE_EXHAUSTED,
+    DEADLINE_EXCEEDED or INTERNAL, as described for
+    [ConnectionService][credbroker.v1.ConnectionService].
     """
 
     @_abc_1.abstractmethod
@@ -71,6 +98,9 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_service_pb2.ListAuditEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_service_pb2.ListAuditEventsResponse, _abc.Awaitable[_audit_service_pb2.ListAuditEventsResponse]]:
-        """Lists audit events, newest first. Scope `audit:read`."""
+        """Lists audit events, newest first, paginated. Not itself audited. Errors: INVALID_ARGUMENT
+        (malformed id filters, negative `page_size`, foreign or malformed `page_token`). Scope
+        `audit:read`.
+        """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,14 +29,16 @@ class CreateConnectionRequest(_message.Message):
     CONNECTION_FIELD_NUMBER: _builtins.int
     SKIP_VERIFICATION_FIELD_NUMBER: _builtins.int
     skip_verification: _builtins.bool
-    """Optional. Store without checking the credentials against the provider (for imports).
-    Without it, credentials the provider refuses are not stored: FAILED_PRECONDITION with reason
-    `CREDENTIALS_REJECTED` and the provider's HTTP status in the ErrorInfo metadata.
+    """Optional. Store without checking the credentials against the provider (for imports); the
+    connection is then UNVERIFIED. Without it, credentials the provider refuses are not
+    stored: FAILED_PRECONDITION with reason `CREDENTIALS_REJECTED` and the provider name and
+    HTTP status in the ErrorInfo metadata (`provider`, `provider_status`).
     """
     @_builtins.property
     def connection(self) -> _resources_pb2.Connection:
-        """Required. The connection; `integration_id` and `credentials` are required,
-        `connection_id` is generated when empty.
+        """Required. The connection: `integration_id` and `credentials` are required,
+        `connection_id` is generated (a UUID) when empty, `metadata`, `connection_config` and
+        `tags` are optional; output-only fields and `etag` are ignored.
         """
 
     def __init__(
@@ -62,9 +64,9 @@ class GetConnectionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Required. The integration id."""
+    """Required. The integration id (1-128 characters)."""
     connection_id: _builtins.str
-    """Required. The connection id."""
+    """Required. The connection id (1-255 characters)."""
     def __init__(
         self,
         *,
@@ -111,20 +113,26 @@ class ListConnectionsRequest(_message.Message):
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     VERIFICATION_STATE_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Optional. Only connections of this integration."""
+    """Optional. Only connections of this integration; empty for all integrations."""
     page_size: _builtins.int
     """Optional. At most this many results; 0 means 50, values above 1000 are treated as 1000,
     negative values are INVALID_ARGUMENT.
     """
     page_token: _builtins.str
     """Optional. The `next_page_token` of a previous call with the same filters. A token from a
-    call with other filters is INVALID_ARGUMENT.
+    call with other filters or another method, or one this server did not issue, is
+    INVALID_ARGUMENT.
     """
     verification_state: _resources_pb2.Verification.State.ValueType
-    """Optional. Only connections whose last verification ended in this state."""
+    """Optional. Only connections whose last verification ended in this state;
+    `STATE_UNSPECIFIED` (the default) means any state. A value outside the enum is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Only connections carrying all of these tags with exactly these values."""
+        """Optional. Only connections carrying all of these tags with exactly these values (same
+        limits as [Connection.tags][credbroker.v1.Connection.tags]).
+        """
 
     def __init__(
         self,
@@ -152,10 +160,10 @@ class ListConnectionsResponse(_message.Message):
     CONNECTIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Opaque token for the next page; empty on the last page."""
+    """Output only. Opaque token for the next page; empty on the last page."""
     @_builtins.property
     def connections(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Connection]:
-        """The connections of this page, without credentials."""
+        """Output only. The connections of this page, without credentials or config values."""
 
     def __init__(
         self,
@@ -183,21 +191,27 @@ class UpdateConnectionRequest(_message.Message):
     SKIP_VERIFICATION_FIELD_NUMBER: _builtins.int
     allow_missing: _builtins.bool
     """Optional. Create the connection if it does not exist (an upsert); `credentials` are then
-    required.
+    required and the create rules apply. Ignored when `connection.etag` is set: a missing
+    connection is then NOT_FOUND.
     """
     skip_verification: _builtins.bool
-    """Optional. Store new credentials without checking them against the provider."""
+    """Optional. Store new credentials or config without checking them against the provider;
+    the connection's verification becomes UNVERIFIED.
+    """
     @_builtins.property
     def connection(self) -> _resources_pb2.Connection:
-        """Required. The connection with `integration_id` and `connection_id` set, plus the new
-        values of the fields in `update_mask`. Set `etag` to update only an unchanged connection.
+        """Required. The connection with `integration_id` and `connection_id` set (they select it),
+        plus the new values of the fields in `update_mask`. Set `etag` to update only if the
+        connection is unchanged since it was read.
         """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Optional. Fields to replace: `credentials`, `metadata`, `connection_config`, `tags`, or
-        `*` for all four. Empty means every field set in `connection`. Fields not named keep
-        their stored values.
+        `*` for all four; other paths are INVALID_ARGUMENT. Each named field is replaced as a
+        whole (an empty map clears it); fields not named keep their stored values. Empty means
+        every field set in `connection` (so clearing `tags` or `connection_config` needs an
+        explicit mask).
         """
 
     def __init__(
@@ -225,9 +239,9 @@ class DeleteConnectionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Required. The integration id."""
+    """Required. The integration id (1-128 characters)."""
     connection_id: _builtins.str
-    """Required. The connection id."""
+    """Required. The connection id (1-255 characters)."""
     def __init__(
         self,
         *,
@@ -251,9 +265,9 @@ class AccessCredentialsRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Required. The integration id."""
+    """Required. The integration id (1-128 characters)."""
     connection_id: _builtins.str
-    """Required. The connection id."""
+    """Required. The connection id (1-255 characters)."""
     def __init__(
         self,
         *,
@@ -270,7 +284,9 @@ Global___AccessCredentialsRequest: _TypeAlias = AccessCredentialsRequest  # noqa
 
 @_typing.final
 class AccessCredentialsResponse(_message.Message):
-    """Response for [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials]."""
+    """Response for [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials]. Every
+    field but `auth_mode` may carry secrets: do not log this message.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -341,28 +357,31 @@ class AccessCredentialsResponse(_message.Message):
     HEADERS_FIELD_NUMBER: _builtins.int
     QUERY_PARAMS_FIELD_NUMBER: _builtins.int
     auth_mode: _resources_pb2.AuthMode.ValueType
-    """The auth mode of the credentials."""
+    """Output only. The auth mode of the credentials."""
     base_url: _builtins.str
-    """The provider's API base URL, resolved with the connection's config, e.g.
-    `https://acme.atlassian.net`.
+    """Output only. The provider's API base URL, resolved with the connection's and the
+    integration's config, e.g. `https://acme.atlassian.net`; empty for a generic integration
+    without `base_url`.
     """
     @_builtins.property
     def credentials(self) -> _resources_pb2.Credentials:
-        """The decrypted credentials."""
+        """Output only. Secret. The decrypted credentials."""
 
     @_builtins.property
     def connection_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """The decrypted connection config."""
+        """Output only. Secret. The decrypted connection config as stored (provider defaults are not
+        filled in).
+        """
 
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Headers to add to each request to the provider, ready to use, e.g.
-        `{"authorization": "Bearer sk-..."}`. Secret.
+        """Output only. Secret. Headers to add to each request to the provider, ready to use, e.g.
+        `{"authorization": "Bearer sk-..."}`.
         """
 
     @_builtins.property
     def query_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Query parameters to add to each request, e.g. `{"key": "..."}`. Secret."""
+        """Output only. Secret. Query parameters to add to each request, e.g. `{"key": "..."}`."""
 
     def __init__(
         self,
@@ -391,9 +410,9 @@ class VerifyConnectionRequest(_message.Message):
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     CONNECTION_ID_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Required. The integration id."""
+    """Required. The integration id (1-128 characters)."""
     connection_id: _builtins.str
-    """Required. The connection id."""
+    """Required. The connection id (1-255 characters)."""
     def __init__(
         self,
         *,

@@ -30,12 +30,23 @@ if _version_not_supported:
 class ConnectionServiceStub:
     """Stores end users' credentials (connections) and hands them back to the app's backends.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need `connections:read`, writes `connections:write`, and
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need `connections:read`, writes `connections:write`, and
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], the only method that
-    returns secrets, needs `credentials:read` (PERMISSION_DENIED otherwise). Everything is scoped
-    to the key's environment: a resource of another environment answers exactly like a missing
-    one (NOT_FOUND).
+    returns secrets, needs `credentials:read` (PERMISSION_DENIED, reason `MISSING_SCOPE`, with the
+    scope in the ErrorInfo metadata). Everything is scoped to the key's environment: a resource of
+    another environment answers exactly like a missing one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record
+    cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run, AccessCredentials before its
+    response leaves.
     """
 
     def __init__(self, channel):
@@ -84,67 +95,109 @@ class ConnectionServiceStub:
 class ConnectionServiceServicer:
     """Stores end users' credentials (connections) and hands them back to the app's backends.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need `connections:read`, writes `connections:write`, and
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need `connections:read`, writes `connections:write`, and
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], the only method that
-    returns secrets, needs `credentials:read` (PERMISSION_DENIED otherwise). Everything is scoped
-    to the key's environment: a resource of another environment answers exactly like a missing
-    one (NOT_FOUND).
+    returns secrets, needs `credentials:read` (PERMISSION_DENIED, reason `MISSING_SCOPE`, with the
+    scope in the ErrorInfo metadata). Everything is scoped to the key's environment: a resource of
+    another environment answers exactly like a missing one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record
+    cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run, AccessCredentials before its
+    response leaves.
     """
 
     def CreateConnection(self, request, context):
-        """Stores a new connection. Errors: NOT_FOUND (integration), INVALID_ARGUMENT (bad id,
-        credentials of the wrong auth mode, limits), ALREADY_EXISTS (the connection id is taken).
-        Scope `connections:write`.
+        """Stores a new connection. Unless `skip_verification` is set, credentials are first checked
+        with the provider and nothing is stored if the check fails. Errors: INVALID_ARGUMENT
+        (malformed ids, missing credentials, limits, `connection_config` the provider refuses;
+        reason `CREDENTIALS_AUTH_MODE_MISMATCH` for credentials of the other auth mode), NOT_FOUND
+        (reason `INTEGRATION_NOT_FOUND`), ALREADY_EXISTS (reason `CONNECTION_ALREADY_EXISTS`),
+        FAILED_PRECONDITION (reason `CREDENTIALS_REJECTED`: the provider refused the credentials;
+        `DESTINATION_NOT_ALLOWED`: the provider's address is refused by the outbound policy;
+        `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`: the provider could
+        not be reached or answered with an error). Scope `connections:write`. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConnection(self, request, context):
-        """Returns one connection, without its credentials. Errors: NOT_FOUND.
-        Scope `connections:read`.
+        """Returns one connection, without its credentials or config values. Errors:
+        INVALID_ARGUMENT (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`, also when the
+        integration does not exist). Scope `connections:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConnections(self, request, context):
-        """Lists connections without their credentials, ordered by integration id, then connection
-        id. Scope `connections:read`.
+        """Lists connections without their credentials or config values, ordered by integration id,
+        then connection id, paginated. An integration id that matches nothing gives an empty list,
+        not NOT_FOUND. Errors: INVALID_ARGUMENT (malformed `integration_id` or `tags`, negative
+        `page_size`, unknown `verification_state`, foreign or malformed `page_token`). Scope
+        `connections:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateConnection(self, request, context):
-        """Updates the fields named by `update_mask`. Errors: NOT_FOUND (unless `allow_missing`),
-        INVALID_ARGUMENT, ABORTED (stale `etag`). Scope `connections:write`.
+        """Replaces the fields selected by `update_mask`. New credentials or config are checked with
+        the provider (together with the stored other half) unless `skip_verification` is set.
+        Errors: INVALID_ARGUMENT (unknown mask path or a mask that selects nothing, malformed ids
+        or `etag`, limits; reason `CREDENTIALS_AUTH_MODE_MISMATCH`), NOT_FOUND (reason
+        `CONNECTION_NOT_FOUND` unless `allow_missing`; `INTEGRATION_NOT_FOUND` when
+        `allow_missing` creates), ABORTED (reason `ETAG_MISMATCH`: re-read and retry),
+        FAILED_PRECONDITION (reasons `CREDENTIALS_REJECTED`, `DESTINATION_NOT_ALLOWED`,
+        `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`), DATA_LOSS (reason
+        `DATA_INTEGRITY`: the stored half needed for the check fails to decrypt). Scope
+        `connections:write`. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteConnection(self, request, context):
-        """Deletes a connection and its credentials. Errors: NOT_FOUND. Scope `connections:write`.
+        """Deletes a connection and its encrypted credentials and config. Errors: INVALID_ARGUMENT
+        (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`). Scope `connections:write`.
+        Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AccessCredentials(self, request, context):
-        """Returns a connection's decrypted credentials and connection config: the one method that
-        reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
-        Scope `credentials:read`.
+        """Returns a connection's decrypted credentials and connection config, plus the base URL,
+        headers and query parameters to call the provider with: the one method that reveals
+        secrets. The call is recorded in the audit trail before the response leaves; if that record
+        cannot be written, nothing is revealed (UNAVAILABLE). Errors: INVALID_ARGUMENT (malformed
+        ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), DATA_LOSS (reason `DATA_INTEGRITY`: stored
+        ciphertext failed authentication, e.g. altered, copied from another row, or under a master
+        key the keyring lacks), FAILED_PRECONDITION (reason `CONNECTION_CONFIG_INCOMPLETE`: the
+        provider's base URL needs config the connection lacks; `PROVIDER_NOT_IN_CATALOG`). Scope
+        `credentials:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def VerifyConnection(self, request, context):
-        """Checks the stored credentials against the provider now and records the outcome in
-        `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
-        request). Scope `connections:write`.
+        """Checks the stored credentials against the provider now, records the outcome in
+        `verification` and returns the connection. A refusal is not an error: it is returned as
+        state REJECTED (ERROR when the provider could not be reached). Errors: INVALID_ARGUMENT
+        (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), FAILED_PRECONDITION (reason
+        `VERIFICATION_NOT_AVAILABLE`: the provider has no verification request, or verification
+        is turned off with `CREDBROKER_VERIFY_CREDENTIALS=false`; `DESTINATION_NOT_ALLOWED`;
+        `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
+        `connections:write`. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,12 +252,23 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
 class ConnectionService:
     """Stores end users' credentials (connections) and hands them back to the app's backends.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need `connections:read`, writes `connections:write`, and
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need `connections:read`, writes `connections:write`, and
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], the only method that
-    returns secrets, needs `credentials:read` (PERMISSION_DENIED otherwise). Everything is scoped
-    to the key's environment: a resource of another environment answers exactly like a missing
-    one (NOT_FOUND).
+    returns secrets, needs `credentials:read` (PERMISSION_DENIED, reason `MISSING_SCOPE`, with the
+    scope in the ErrorInfo metadata). Everything is scoped to the key's environment: a resource of
+    another environment answers exactly like a missing one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record
+    cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run, AccessCredentials before its
+    response leaves.
     """
 
     @staticmethod

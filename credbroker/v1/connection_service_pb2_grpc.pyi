@@ -31,12 +31,23 @@ GRPC_VERSION: str
 class ConnectionServiceStub:
     """Stores end users' credentials (connections) and hands them back to the app's backends.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need `connections:read`, writes `connections:write`, and
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need `connections:read`, writes `connections:write`, and
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], the only method that
-    returns secrets, needs `credentials:read` (PERMISSION_DENIED otherwise). Everything is scoped
-    to the key's environment: a resource of another environment answers exactly like a missing
-    one (NOT_FOUND).
+    returns secrets, needs `credentials:read` (PERMISSION_DENIED, reason `MISSING_SCOPE`, with the
+    scope in the ErrorInfo metadata). Everything is scoped to the key's environment: a resource of
+    another environment answers exactly like a missing one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record
+    cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run, AccessCredentials before its
+    response leaves.
     """
 
     @_typing.overload
@@ -44,87 +55,173 @@ class ConnectionServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConnectionServiceAsyncStub: ...
     CreateConnection: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.CreateConnectionRequest, _resources_pb2.Connection]
-    """Stores a new connection. Errors: NOT_FOUND (integration), INVALID_ARGUMENT (bad id,
-    credentials of the wrong auth mode, limits), ALREADY_EXISTS (the connection id is taken).
-    Scope `connections:write`.
+    """Stores a new connection. Unless `skip_verification` is set, credentials are first checked
+    with the provider and nothing is stored if the check fails. Errors: INVALID_ARGUMENT
+    (malformed ids, missing credentials, limits, `connection_config` the provider refuses;
+    reason `CREDENTIALS_AUTH_MODE_MISMATCH` for credentials of the other auth mode), NOT_FOUND
+    (reason `INTEGRATION_NOT_FOUND`), ALREADY_EXISTS (reason `CONNECTION_ALREADY_EXISTS`),
+    FAILED_PRECONDITION (reason `CREDENTIALS_REJECTED`: the provider refused the credentials;
+    `DESTINATION_NOT_ALLOWED`: the provider's address is refused by the outbound policy;
+    `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`: the provider could
+    not be reached or answered with an error). Scope `connections:write`. Audited.
     """
     GetConnection: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.GetConnectionRequest, _resources_pb2.Connection]
-    """Returns one connection, without its credentials. Errors: NOT_FOUND.
-    Scope `connections:read`.
+    """Returns one connection, without its credentials or config values. Errors:
+    INVALID_ARGUMENT (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`, also when the
+    integration does not exist). Scope `connections:read`.
     """
     ListConnections: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.ListConnectionsRequest, _connection_service_pb2.ListConnectionsResponse]
-    """Lists connections without their credentials, ordered by integration id, then connection
-    id. Scope `connections:read`.
+    """Lists connections without their credentials or config values, ordered by integration id,
+    then connection id, paginated. An integration id that matches nothing gives an empty list,
+    not NOT_FOUND. Errors: INVALID_ARGUMENT (malformed `integration_id` or `tags`, negative
+    `page_size`, unknown `verification_state`, foreign or malformed `page_token`). Scope
+    `connections:read`.
     """
     UpdateConnection: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.UpdateConnectionRequest, _resources_pb2.Connection]
-    """Updates the fields named by `update_mask`. Errors: NOT_FOUND (unless `allow_missing`),
-    INVALID_ARGUMENT, ABORTED (stale `etag`). Scope `connections:write`.
+    """Replaces the fields selected by `update_mask`. New credentials or config are checked with
+    the provider (together with the stored other half) unless `skip_verification` is set.
+    Errors: INVALID_ARGUMENT (unknown mask path or a mask that selects nothing, malformed ids
+    or `etag`, limits; reason `CREDENTIALS_AUTH_MODE_MISMATCH`), NOT_FOUND (reason
+    `CONNECTION_NOT_FOUND` unless `allow_missing`; `INTEGRATION_NOT_FOUND` when
+    `allow_missing` creates), ABORTED (reason `ETAG_MISMATCH`: re-read and retry),
+    FAILED_PRECONDITION (reasons `CREDENTIALS_REJECTED`, `DESTINATION_NOT_ALLOWED`,
+    `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`), DATA_LOSS (reason
+    `DATA_INTEGRITY`: the stored half needed for the check fails to decrypt). Scope
+    `connections:write`. Audited.
     """
     DeleteConnection: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.DeleteConnectionRequest, _empty_pb2.Empty]
-    """Deletes a connection and its credentials. Errors: NOT_FOUND. Scope `connections:write`."""
+    """Deletes a connection and its encrypted credentials and config. Errors: INVALID_ARGUMENT
+    (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`). Scope `connections:write`.
+    Audited.
+    """
     AccessCredentials: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.AccessCredentialsRequest, _connection_service_pb2.AccessCredentialsResponse]
-    """Returns a connection's decrypted credentials and connection config: the one method that
-    reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
-    Scope `credentials:read`.
+    """Returns a connection's decrypted credentials and connection config, plus the base URL,
+    headers and query parameters to call the provider with: the one method that reveals
+    secrets. The call is recorded in the audit trail before the response leaves; if that record
+    cannot be written, nothing is revealed (UNAVAILABLE). Errors: INVALID_ARGUMENT (malformed
+    ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), DATA_LOSS (reason `DATA_INTEGRITY`: stored
+    ciphertext failed authentication, e.g. altered, copied from another row, or under a master
+    key the keyring lacks), FAILED_PRECONDITION (reason `CONNECTION_CONFIG_INCOMPLETE`: the
+    provider's base URL needs config the connection lacks; `PROVIDER_NOT_IN_CATALOG`). Scope
+    `credentials:read`.
     """
     VerifyConnection: _grpc.UnaryUnaryMultiCallable[_connection_service_pb2.VerifyConnectionRequest, _resources_pb2.Connection]
-    """Checks the stored credentials against the provider now and records the outcome in
-    `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
-    request). Scope `connections:write`.
+    """Checks the stored credentials against the provider now, records the outcome in
+    `verification` and returns the connection. A refusal is not an error: it is returned as
+    state REJECTED (ERROR when the provider could not be reached). Errors: INVALID_ARGUMENT
+    (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), FAILED_PRECONDITION (reason
+    `VERIFICATION_NOT_AVAILABLE`: the provider has no verification request, or verification
+    is turned off with `CREDBROKER_VERIFY_CREDENTIALS=false`; `DESTINATION_NOT_ALLOWED`;
+    `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
+    `connections:write`. Audited.
     """
 
 @_typing.type_check_only
 class ConnectionServiceAsyncStub(ConnectionServiceStub):
     """Stores end users' credentials (connections) and hands them back to the app's backends.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need `connections:read`, writes `connections:write`, and
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need `connections:read`, writes `connections:write`, and
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], the only method that
-    returns secrets, needs `credentials:read` (PERMISSION_DENIED otherwise). Everything is scoped
-    to the key's environment: a resource of another environment answers exactly like a missing
-    one (NOT_FOUND).
+    returns secrets, needs `credentials:read` (PERMISSION_DENIED, reason `MISSING_SCOPE`, with the
+    scope in the ErrorInfo metadata). Everything is scoped to the key's environment: a resource of
+    another environment answers exactly like a missing one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record
+    cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run, AccessCredentials before its
+    response leaves.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateConnection: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.CreateConnectionRequest, _resources_pb2.Connection]  # type: ignore[assignment]
-    """Stores a new connection. Errors: NOT_FOUND (integration), INVALID_ARGUMENT (bad id,
-    credentials of the wrong auth mode, limits), ALREADY_EXISTS (the connection id is taken).
-    Scope `connections:write`.
+    """Stores a new connection. Unless `skip_verification` is set, credentials are first checked
+    with the provider and nothing is stored if the check fails. Errors: INVALID_ARGUMENT
+    (malformed ids, missing credentials, limits, `connection_config` the provider refuses;
+    reason `CREDENTIALS_AUTH_MODE_MISMATCH` for credentials of the other auth mode), NOT_FOUND
+    (reason `INTEGRATION_NOT_FOUND`), ALREADY_EXISTS (reason `CONNECTION_ALREADY_EXISTS`),
+    FAILED_PRECONDITION (reason `CREDENTIALS_REJECTED`: the provider refused the credentials;
+    `DESTINATION_NOT_ALLOWED`: the provider's address is refused by the outbound policy;
+    `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`: the provider could
+    not be reached or answered with an error). Scope `connections:write`. Audited.
     """
     GetConnection: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.GetConnectionRequest, _resources_pb2.Connection]  # type: ignore[assignment]
-    """Returns one connection, without its credentials. Errors: NOT_FOUND.
-    Scope `connections:read`.
+    """Returns one connection, without its credentials or config values. Errors:
+    INVALID_ARGUMENT (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`, also when the
+    integration does not exist). Scope `connections:read`.
     """
     ListConnections: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.ListConnectionsRequest, _connection_service_pb2.ListConnectionsResponse]  # type: ignore[assignment]
-    """Lists connections without their credentials, ordered by integration id, then connection
-    id. Scope `connections:read`.
+    """Lists connections without their credentials or config values, ordered by integration id,
+    then connection id, paginated. An integration id that matches nothing gives an empty list,
+    not NOT_FOUND. Errors: INVALID_ARGUMENT (malformed `integration_id` or `tags`, negative
+    `page_size`, unknown `verification_state`, foreign or malformed `page_token`). Scope
+    `connections:read`.
     """
     UpdateConnection: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.UpdateConnectionRequest, _resources_pb2.Connection]  # type: ignore[assignment]
-    """Updates the fields named by `update_mask`. Errors: NOT_FOUND (unless `allow_missing`),
-    INVALID_ARGUMENT, ABORTED (stale `etag`). Scope `connections:write`.
+    """Replaces the fields selected by `update_mask`. New credentials or config are checked with
+    the provider (together with the stored other half) unless `skip_verification` is set.
+    Errors: INVALID_ARGUMENT (unknown mask path or a mask that selects nothing, malformed ids
+    or `etag`, limits; reason `CREDENTIALS_AUTH_MODE_MISMATCH`), NOT_FOUND (reason
+    `CONNECTION_NOT_FOUND` unless `allow_missing`; `INTEGRATION_NOT_FOUND` when
+    `allow_missing` creates), ABORTED (reason `ETAG_MISMATCH`: re-read and retry),
+    FAILED_PRECONDITION (reasons `CREDENTIALS_REJECTED`, `DESTINATION_NOT_ALLOWED`,
+    `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`), DATA_LOSS (reason
+    `DATA_INTEGRITY`: the stored half needed for the check fails to decrypt). Scope
+    `connections:write`. Audited.
     """
     DeleteConnection: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.DeleteConnectionRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes a connection and its credentials. Errors: NOT_FOUND. Scope `connections:write`."""
+    """Deletes a connection and its encrypted credentials and config. Errors: INVALID_ARGUMENT
+    (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`). Scope `connections:write`.
+    Audited.
+    """
     AccessCredentials: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.AccessCredentialsRequest, _connection_service_pb2.AccessCredentialsResponse]  # type: ignore[assignment]
-    """Returns a connection's decrypted credentials and connection config: the one method that
-    reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
-    Scope `credentials:read`.
+    """Returns a connection's decrypted credentials and connection config, plus the base URL,
+    headers and query parameters to call the provider with: the one method that reveals
+    secrets. The call is recorded in the audit trail before the response leaves; if that record
+    cannot be written, nothing is revealed (UNAVAILABLE). Errors: INVALID_ARGUMENT (malformed
+    ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), DATA_LOSS (reason `DATA_INTEGRITY`: stored
+    ciphertext failed authentication, e.g. altered, copied from another row, or under a master
+    key the keyring lacks), FAILED_PRECONDITION (reason `CONNECTION_CONFIG_INCOMPLETE`: the
+    provider's base URL needs config the connection lacks; `PROVIDER_NOT_IN_CATALOG`). Scope
+    `credentials:read`.
     """
     VerifyConnection: _aio.UnaryUnaryMultiCallable[_connection_service_pb2.VerifyConnectionRequest, _resources_pb2.Connection]  # type: ignore[assignment]
-    """Checks the stored credentials against the provider now and records the outcome in
-    `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
-    request). Scope `connections:write`.
+    """Checks the stored credentials against the provider now, records the outcome in
+    `verification` and returns the connection. A refusal is not an error: it is returned as
+    state REJECTED (ERROR when the provider could not be reached). Errors: INVALID_ARGUMENT
+    (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), FAILED_PRECONDITION (reason
+    `VERIFICATION_NOT_AVAILABLE`: the provider has no verification request, or verification
+    is turned off with `CREDBROKER_VERIFY_CREDENTIALS=false`; `DESTINATION_NOT_ALLOWED`;
+    `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
+    `connections:write`. Audited.
     """
 
 class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
     """Stores end users' credentials (connections) and hands them back to the app's backends.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need `connections:read`, writes `connections:write`, and
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need `connections:read`, writes `connections:write`, and
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials], the only method that
-    returns secrets, needs `credentials:read` (PERMISSION_DENIED otherwise). Everything is scoped
-    to the key's environment: a resource of another environment answers exactly like a missing
-    one (NOT_FOUND).
+    returns secrets, needs `credentials:read` (PERMISSION_DENIED, reason `MISSING_SCOPE`, with the
+    scope in the ErrorInfo metadata). Everything is scoped to the key's environment: a resource of
+    another environment answers exactly like a missing one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record
+    cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run, AccessCredentials before its
+    response leaves.
     """
 
     @_abc_1.abstractmethod
@@ -133,9 +230,15 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.CreateConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Connection, _abc.Awaitable[_resources_pb2.Connection]]:
-        """Stores a new connection. Errors: NOT_FOUND (integration), INVALID_ARGUMENT (bad id,
-        credentials of the wrong auth mode, limits), ALREADY_EXISTS (the connection id is taken).
-        Scope `connections:write`.
+        """Stores a new connection. Unless `skip_verification` is set, credentials are first checked
+        with the provider and nothing is stored if the check fails. Errors: INVALID_ARGUMENT
+        (malformed ids, missing credentials, limits, `connection_config` the provider refuses;
+        reason `CREDENTIALS_AUTH_MODE_MISMATCH` for credentials of the other auth mode), NOT_FOUND
+        (reason `INTEGRATION_NOT_FOUND`), ALREADY_EXISTS (reason `CONNECTION_ALREADY_EXISTS`),
+        FAILED_PRECONDITION (reason `CREDENTIALS_REJECTED`: the provider refused the credentials;
+        `DESTINATION_NOT_ALLOWED`: the provider's address is refused by the outbound policy;
+        `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`: the provider could
+        not be reached or answered with an error). Scope `connections:write`. Audited.
         """
 
     @_abc_1.abstractmethod
@@ -144,8 +247,9 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.GetConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Connection, _abc.Awaitable[_resources_pb2.Connection]]:
-        """Returns one connection, without its credentials. Errors: NOT_FOUND.
-        Scope `connections:read`.
+        """Returns one connection, without its credentials or config values. Errors:
+        INVALID_ARGUMENT (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`, also when the
+        integration does not exist). Scope `connections:read`.
         """
 
     @_abc_1.abstractmethod
@@ -154,8 +258,11 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.ListConnectionsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_connection_service_pb2.ListConnectionsResponse, _abc.Awaitable[_connection_service_pb2.ListConnectionsResponse]]:
-        """Lists connections without their credentials, ordered by integration id, then connection
-        id. Scope `connections:read`.
+        """Lists connections without their credentials or config values, ordered by integration id,
+        then connection id, paginated. An integration id that matches nothing gives an empty list,
+        not NOT_FOUND. Errors: INVALID_ARGUMENT (malformed `integration_id` or `tags`, negative
+        `page_size`, unknown `verification_state`, foreign or malformed `page_token`). Scope
+        `connections:read`.
         """
 
     @_abc_1.abstractmethod
@@ -164,8 +271,16 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.UpdateConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Connection, _abc.Awaitable[_resources_pb2.Connection]]:
-        """Updates the fields named by `update_mask`. Errors: NOT_FOUND (unless `allow_missing`),
-        INVALID_ARGUMENT, ABORTED (stale `etag`). Scope `connections:write`.
+        """Replaces the fields selected by `update_mask`. New credentials or config are checked with
+        the provider (together with the stored other half) unless `skip_verification` is set.
+        Errors: INVALID_ARGUMENT (unknown mask path or a mask that selects nothing, malformed ids
+        or `etag`, limits; reason `CREDENTIALS_AUTH_MODE_MISMATCH`), NOT_FOUND (reason
+        `CONNECTION_NOT_FOUND` unless `allow_missing`; `INTEGRATION_NOT_FOUND` when
+        `allow_missing` creates), ABORTED (reason `ETAG_MISMATCH`: re-read and retry),
+        FAILED_PRECONDITION (reasons `CREDENTIALS_REJECTED`, `DESTINATION_NOT_ALLOWED`,
+        `PROVIDER_NOT_IN_CATALOG`), UNAVAILABLE (reason `PROVIDER_UNAVAILABLE`), DATA_LOSS (reason
+        `DATA_INTEGRITY`: the stored half needed for the check fails to decrypt). Scope
+        `connections:write`. Audited.
         """
 
     @_abc_1.abstractmethod
@@ -174,7 +289,10 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.DeleteConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes a connection and its credentials. Errors: NOT_FOUND. Scope `connections:write`."""
+        """Deletes a connection and its encrypted credentials and config. Errors: INVALID_ARGUMENT
+        (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`). Scope `connections:write`.
+        Audited.
+        """
 
     @_abc_1.abstractmethod
     def AccessCredentials(
@@ -182,9 +300,15 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.AccessCredentialsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_connection_service_pb2.AccessCredentialsResponse, _abc.Awaitable[_connection_service_pb2.AccessCredentialsResponse]]:
-        """Returns a connection's decrypted credentials and connection config: the one method that
-        reveals secrets. Errors: NOT_FOUND, DATA_LOSS (stored ciphertext failed authentication).
-        Scope `credentials:read`.
+        """Returns a connection's decrypted credentials and connection config, plus the base URL,
+        headers and query parameters to call the provider with: the one method that reveals
+        secrets. The call is recorded in the audit trail before the response leaves; if that record
+        cannot be written, nothing is revealed (UNAVAILABLE). Errors: INVALID_ARGUMENT (malformed
+        ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), DATA_LOSS (reason `DATA_INTEGRITY`: stored
+        ciphertext failed authentication, e.g. altered, copied from another row, or under a master
+        key the keyring lacks), FAILED_PRECONDITION (reason `CONNECTION_CONFIG_INCOMPLETE`: the
+        provider's base URL needs config the connection lacks; `PROVIDER_NOT_IN_CATALOG`). Scope
+        `credentials:read`.
         """
 
     @_abc_1.abstractmethod
@@ -193,9 +317,14 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _connection_service_pb2.VerifyConnectionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Connection, _abc.Awaitable[_resources_pb2.Connection]]:
-        """Checks the stored credentials against the provider now and records the outcome in
-        `verification`. Errors: NOT_FOUND, FAILED_PRECONDITION (the provider has no verification
-        request). Scope `connections:write`.
+        """Checks the stored credentials against the provider now, records the outcome in
+        `verification` and returns the connection. A refusal is not an error: it is returned as
+        state REJECTED (ERROR when the provider could not be reached). Errors: INVALID_ARGUMENT
+        (malformed ids), NOT_FOUND (reason `CONNECTION_NOT_FOUND`), FAILED_PRECONDITION (reason
+        `VERIFICATION_NOT_AVAILABLE`: the provider has no verification request, or verification
+        is turned off with `CREDBROKER_VERIFY_CREDENTIALS=false`; `DESTINATION_NOT_ALLOWED`;
+        `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
+        `connections:write`. Audited.
         """
 
 def add_ConnectionServiceServicer_to_server(servicer: ConnectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

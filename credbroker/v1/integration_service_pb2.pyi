@@ -29,7 +29,9 @@ class CreateIntegrationRequest(_message.Message):
     INTEGRATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def integration(self) -> _resources_pb2.Integration:
-        """Required. The integration to create; `integration_id` and `provider` are required."""
+        """Required. The integration to create: `integration_id` and `provider` are required,
+        `display_name` and `integration_config` optional; output-only fields are ignored.
+        """
 
     def __init__(
         self,
@@ -52,7 +54,9 @@ class GetIntegrationRequest(_message.Message):
 
     INTEGRATION_ID_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Required. The integration id."""
+    """Required. The integration id (1-128 characters, see
+    [Integration.integration_id][credbroker.v1.Integration.integration_id]).
+    """
     def __init__(
         self,
         *,
@@ -80,7 +84,7 @@ class ListIntegrationsRequest(_message.Message):
     """
     page_token: _builtins.str
     """Optional. The `next_page_token` of a previous call, to fetch the next page. A token from
-    another request shape is INVALID_ARGUMENT.
+    another method, or one this server did not issue, is INVALID_ARGUMENT.
     """
     def __init__(
         self,
@@ -105,10 +109,12 @@ class ListIntegrationsResponse(_message.Message):
     INTEGRATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Opaque token for the next page; empty on the last page."""
+    """Output only. Opaque token for the next page; empty on the last page (the only end signal:
+    a page may be shorter than `page_size` only at the end).
+    """
     @_builtins.property
     def integrations(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Integration]:
-        """The integrations of this page, ordered by `integration_id`."""
+        """Output only. The integrations of this page, ordered by `integration_id`."""
 
     def __init__(
         self,
@@ -134,12 +140,17 @@ class UpdateIntegrationRequest(_message.Message):
     UPDATE_MASK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def integration(self) -> _resources_pb2.Integration:
-        """Required. The integration with `integration_id` set and the new field values."""
+        """Required. The integration with `integration_id` set (it selects the integration) and the
+        new values of the fields to update.
+        """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Optional. Fields to update: `display_name`, `integration_config` (or `*`). Empty means every
-        field set in `integration`.
+        """Optional. Fields to update: `display_name`, `integration_config` (replaced as a whole), or
+        `*` for both (with `*`, `provider` must repeat the stored value and `display_name` must not
+        be empty). `provider` may be named only with its stored value; `integration_id`,
+        `auth_mode`, `create_time`, `update_time` and unknown paths are INVALID_ARGUMENT. Empty
+        means every field set (non-empty) in `integration`.
         """
 
     def __init__(
@@ -166,11 +177,18 @@ class ListProvidersRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     auth_mode: _resources_pb2.AuthMode.ValueType
-    """Optional. Only providers of this auth mode."""
+    """Optional. Only providers of this auth mode; `AUTH_MODE_UNSPECIFIED` (the default) lists
+    all. A value outside the enum is INVALID_ARGUMENT.
+    """
     page_size: _builtins.int
-    """Optional. At most this many results; 0 means 50, values above 1000 are treated as 1000."""
+    """Optional. At most this many results; 0 means 50, values above 1000 are treated as 1000,
+    negative values are INVALID_ARGUMENT.
+    """
     page_token: _builtins.str
-    """Optional. The `next_page_token` of a previous call with the same filter."""
+    """Optional. The `next_page_token` of a previous call with the same `auth_mode`. A token from
+    a call with another filter or method, or one this server did not issue, is
+    INVALID_ARGUMENT.
+    """
     def __init__(
         self,
         *,
@@ -195,10 +213,10 @@ class ListProvidersResponse(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """Opaque token for the next page; empty on the last page."""
+    """Output only. Opaque token for the next page; empty on the last page."""
     @_builtins.property
     def providers(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.Provider]:
-        """The providers of this page, ordered by name."""
+        """Output only. The providers of this page, ordered by name."""
 
     def __init__(
         self,
@@ -222,7 +240,9 @@ class GetProviderRequest(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Required. The provider name, e.g. `openai`."""
+    """Required. The provider name, e.g. `openai` (INVALID_ARGUMENT if empty, NOT_FOUND if not in
+    the catalog).
+    """
     def __init__(
         self,
         *,
@@ -247,8 +267,9 @@ class DeleteIntegrationRequest(_message.Message):
     integration_id: _builtins.str
     """Required. The integration id."""
     force: _builtins.bool
-    """Optional. Also delete the integration's connections. Without it, an integration that has
-    connections is not deleted (FAILED_PRECONDITION).
+    """Optional. Also delete the integration's connections and their credentials. Without it, an
+    integration that has connections is not deleted (FAILED_PRECONDITION, reason
+    `INTEGRATION_HAS_CONNECTIONS`).
     """
     def __init__(
         self,

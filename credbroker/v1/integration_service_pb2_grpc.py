@@ -28,12 +28,24 @@ if _version_not_supported:
 
 
 class IntegrationServiceStub:
-    """Manages integrations: an app's configurations of third-party providers.
+    """Manages integrations (an app's configurations of third-party providers) and reads the
+    built-in provider catalog.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need the `integrations:read` scope, writes `integrations:write`
-    (PERMISSION_DENIED otherwise). Everything is scoped to the key's environment: an integration
-    of another environment answers exactly like a missing one (NOT_FOUND).
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need the `integrations:read` scope, writes `integrations:write` (PERMISSION_DENIED,
+    reason `MISSING_SCOPE`, with the scope in the ErrorInfo metadata). Everything is scoped to
+    the key's environment: an integration of another environment answers exactly like a missing
+    one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record of a
+    write cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run.
     """
 
     def __init__(self, channel):
@@ -80,61 +92,91 @@ class IntegrationServiceStub:
 
 
 class IntegrationServiceServicer:
-    """Manages integrations: an app's configurations of third-party providers.
+    """Manages integrations (an app's configurations of third-party providers) and reads the
+    built-in provider catalog.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need the `integrations:read` scope, writes `integrations:write`
-    (PERMISSION_DENIED otherwise). Everything is scoped to the key's environment: an integration
-    of another environment answers exactly like a missing one (NOT_FOUND).
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need the `integrations:read` scope, writes `integrations:write` (PERMISSION_DENIED,
+    reason `MISSING_SCOPE`, with the scope in the ErrorInfo metadata). Everything is scoped to
+    the key's environment: an integration of another environment answers exactly like a missing
+    one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record of a
+    write cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run.
     """
 
     def CreateIntegration(self, request, context):
-        """Creates an integration. Errors: INVALID_ARGUMENT (bad id, unknown provider),
-        ALREADY_EXISTS (the id is taken in this environment). Scope `integrations:write`.
+        """Creates an integration of a catalog provider. Errors: INVALID_ARGUMENT (malformed
+        `integration_id`, empty or unknown `provider`, `display_name` too long, `integration_config`
+        missing a required field or not matching a pattern), ALREADY_EXISTS (reason
+        `INTEGRATION_ALREADY_EXISTS`: the id is taken in this environment), PERMISSION_DENIED
+        (reason `MISSING_SCOPE`: a generic provider's `integration_config` also needs
+        `credentials:read`). Scope `integrations:write`. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetIntegration(self, request, context):
-        """Returns one integration. Errors: NOT_FOUND. Scope `integrations:read`.
+        """Returns one integration. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (reason
+        `INTEGRATION_NOT_FOUND`). Scope `integrations:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListIntegrations(self, request, context):
-        """Lists the environment's integrations ordered by id. Scope `integrations:read`.
+        """Lists the environment's integrations ordered by `integration_id`, paginated. Errors:
+        INVALID_ARGUMENT (negative `page_size`, foreign or malformed `page_token`). Scope
+        `integrations:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateIntegration(self, request, context):
-        """Updates an integration's mutable fields (`display_name`). Errors: NOT_FOUND,
-        INVALID_ARGUMENT (unknown or immutable mask path). Scope `integrations:write`.
+        """Updates an integration's mutable fields, `display_name` and `integration_config`, as
+        selected by `update_mask`; returns the integration unchanged when the mask selects neither.
+        Errors: INVALID_ARGUMENT (unknown, immutable or output-only mask path, a changed
+        `provider`, an empty `display_name`, an invalid `integration_config`), NOT_FOUND (reason
+        `INTEGRATION_NOT_FOUND`), PERMISSION_DENIED (reason `MISSING_SCOPE`: changing a generic
+        provider's `integration_config` also needs `credentials:read`). Scope
+        `integrations:write`. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteIntegration(self, request, context):
-        """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
-        `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
+        """Deletes an integration. Refused with FAILED_PRECONDITION (reason
+        `INTEGRATION_HAS_CONNECTIONS`) while it has connections, unless `force` is set, which
+        deletes them and their credentials too. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND
+        (reason `INTEGRATION_NOT_FOUND`). Scope `integrations:write`. Audited.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListProviders(self, request, context):
-        """Lists the provider catalog ordered by name. Scope `integrations:read`.
+        """Lists the built-in provider catalog ordered by name, optionally only one auth mode,
+        paginated. The catalog is the same in every environment. Errors: INVALID_ARGUMENT (unknown
+        `auth_mode` value, negative `page_size`, foreign or malformed `page_token`). Scope
+        `integrations:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetProvider(self, request, context):
-        """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`.
+        """Returns one catalog entry. Errors: INVALID_ARGUMENT (empty `name`), NOT_FOUND (reason
+        `PROVIDER_NOT_FOUND`). Scope `integrations:read`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,12 +229,24 @@ def add_IntegrationServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class IntegrationService:
-    """Manages integrations: an app's configurations of third-party providers.
+    """Manages integrations (an app's configurations of third-party providers) and reads the
+    built-in provider catalog.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need the `integrations:read` scope, writes `integrations:write`
-    (PERMISSION_DENIED otherwise). Everything is scoped to the key's environment: an integration
-    of another environment answers exactly like a missing one (NOT_FOUND).
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need the `integrations:read` scope, writes `integrations:write` (PERMISSION_DENIED,
+    reason `MISSING_SCOPE`, with the scope in the ErrorInfo metadata). Everything is scoped to
+    the key's environment: an integration of another environment answers exactly like a missing
+    one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record of a
+    write cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run.
     """
 
     @staticmethod

@@ -29,12 +29,24 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class IntegrationServiceStub:
-    """Manages integrations: an app's configurations of third-party providers.
+    """Manages integrations (an app's configurations of third-party providers) and reads the
+    built-in provider catalog.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need the `integrations:read` scope, writes `integrations:write`
-    (PERMISSION_DENIED otherwise). Everything is scoped to the key's environment: an integration
-    of another environment answers exactly like a missing one (NOT_FOUND).
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need the `integrations:read` scope, writes `integrations:write` (PERMISSION_DENIED,
+    reason `MISSING_SCOPE`, with the scope in the ErrorInfo metadata). Everything is scoped to
+    the key's environment: an integration of another environment answers exactly like a missing
+    one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record of a
+    write cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run.
     """
 
     @_typing.overload
@@ -42,65 +54,133 @@ class IntegrationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IntegrationServiceAsyncStub: ...
     CreateIntegration: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.CreateIntegrationRequest, _resources_pb2.Integration]
-    """Creates an integration. Errors: INVALID_ARGUMENT (bad id, unknown provider),
-    ALREADY_EXISTS (the id is taken in this environment). Scope `integrations:write`.
+    """Creates an integration of a catalog provider. Errors: INVALID_ARGUMENT (malformed
+    `integration_id`, empty or unknown `provider`, `display_name` too long, `integration_config`
+    missing a required field or not matching a pattern), ALREADY_EXISTS (reason
+    `INTEGRATION_ALREADY_EXISTS`: the id is taken in this environment), PERMISSION_DENIED
+    (reason `MISSING_SCOPE`: a generic provider's `integration_config` also needs
+    `credentials:read`). Scope `integrations:write`. Audited.
     """
     GetIntegration: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.GetIntegrationRequest, _resources_pb2.Integration]
-    """Returns one integration. Errors: NOT_FOUND. Scope `integrations:read`."""
+    """Returns one integration. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (reason
+    `INTEGRATION_NOT_FOUND`). Scope `integrations:read`.
+    """
     ListIntegrations: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.ListIntegrationsRequest, _integration_service_pb2.ListIntegrationsResponse]
-    """Lists the environment's integrations ordered by id. Scope `integrations:read`."""
+    """Lists the environment's integrations ordered by `integration_id`, paginated. Errors:
+    INVALID_ARGUMENT (negative `page_size`, foreign or malformed `page_token`). Scope
+    `integrations:read`.
+    """
     UpdateIntegration: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.UpdateIntegrationRequest, _resources_pb2.Integration]
-    """Updates an integration's mutable fields (`display_name`). Errors: NOT_FOUND,
-    INVALID_ARGUMENT (unknown or immutable mask path). Scope `integrations:write`.
+    """Updates an integration's mutable fields, `display_name` and `integration_config`, as
+    selected by `update_mask`; returns the integration unchanged when the mask selects neither.
+    Errors: INVALID_ARGUMENT (unknown, immutable or output-only mask path, a changed
+    `provider`, an empty `display_name`, an invalid `integration_config`), NOT_FOUND (reason
+    `INTEGRATION_NOT_FOUND`), PERMISSION_DENIED (reason `MISSING_SCOPE`: changing a generic
+    provider's `integration_config` also needs `credentials:read`). Scope
+    `integrations:write`. Audited.
     """
     DeleteIntegration: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.DeleteIntegrationRequest, _empty_pb2.Empty]
-    """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
-    `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
+    """Deletes an integration. Refused with FAILED_PRECONDITION (reason
+    `INTEGRATION_HAS_CONNECTIONS`) while it has connections, unless `force` is set, which
+    deletes them and their credentials too. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND
+    (reason `INTEGRATION_NOT_FOUND`). Scope `integrations:write`. Audited.
     """
     ListProviders: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.ListProvidersRequest, _integration_service_pb2.ListProvidersResponse]
-    """Lists the provider catalog ordered by name. Scope `integrations:read`."""
+    """Lists the built-in provider catalog ordered by name, optionally only one auth mode,
+    paginated. The catalog is the same in every environment. Errors: INVALID_ARGUMENT (unknown
+    `auth_mode` value, negative `page_size`, foreign or malformed `page_token`). Scope
+    `integrations:read`.
+    """
     GetProvider: _grpc.UnaryUnaryMultiCallable[_integration_service_pb2.GetProviderRequest, _resources_pb2.Provider]
-    """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`."""
+    """Returns one catalog entry. Errors: INVALID_ARGUMENT (empty `name`), NOT_FOUND (reason
+    `PROVIDER_NOT_FOUND`). Scope `integrations:read`.
+    """
 
 @_typing.type_check_only
 class IntegrationServiceAsyncStub(IntegrationServiceStub):
-    """Manages integrations: an app's configurations of third-party providers.
+    """Manages integrations (an app's configurations of third-party providers) and reads the
+    built-in provider catalog.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need the `integrations:read` scope, writes `integrations:write`
-    (PERMISSION_DENIED otherwise). Everything is scoped to the key's environment: an integration
-    of another environment answers exactly like a missing one (NOT_FOUND).
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need the `integrations:read` scope, writes `integrations:write` (PERMISSION_DENIED,
+    reason `MISSING_SCOPE`, with the scope in the ErrorInfo metadata). Everything is scoped to
+    the key's environment: an integration of another environment answers exactly like a missing
+    one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record of a
+    write cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateIntegration: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.CreateIntegrationRequest, _resources_pb2.Integration]  # type: ignore[assignment]
-    """Creates an integration. Errors: INVALID_ARGUMENT (bad id, unknown provider),
-    ALREADY_EXISTS (the id is taken in this environment). Scope `integrations:write`.
+    """Creates an integration of a catalog provider. Errors: INVALID_ARGUMENT (malformed
+    `integration_id`, empty or unknown `provider`, `display_name` too long, `integration_config`
+    missing a required field or not matching a pattern), ALREADY_EXISTS (reason
+    `INTEGRATION_ALREADY_EXISTS`: the id is taken in this environment), PERMISSION_DENIED
+    (reason `MISSING_SCOPE`: a generic provider's `integration_config` also needs
+    `credentials:read`). Scope `integrations:write`. Audited.
     """
     GetIntegration: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.GetIntegrationRequest, _resources_pb2.Integration]  # type: ignore[assignment]
-    """Returns one integration. Errors: NOT_FOUND. Scope `integrations:read`."""
+    """Returns one integration. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (reason
+    `INTEGRATION_NOT_FOUND`). Scope `integrations:read`.
+    """
     ListIntegrations: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.ListIntegrationsRequest, _integration_service_pb2.ListIntegrationsResponse]  # type: ignore[assignment]
-    """Lists the environment's integrations ordered by id. Scope `integrations:read`."""
+    """Lists the environment's integrations ordered by `integration_id`, paginated. Errors:
+    INVALID_ARGUMENT (negative `page_size`, foreign or malformed `page_token`). Scope
+    `integrations:read`.
+    """
     UpdateIntegration: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.UpdateIntegrationRequest, _resources_pb2.Integration]  # type: ignore[assignment]
-    """Updates an integration's mutable fields (`display_name`). Errors: NOT_FOUND,
-    INVALID_ARGUMENT (unknown or immutable mask path). Scope `integrations:write`.
+    """Updates an integration's mutable fields, `display_name` and `integration_config`, as
+    selected by `update_mask`; returns the integration unchanged when the mask selects neither.
+    Errors: INVALID_ARGUMENT (unknown, immutable or output-only mask path, a changed
+    `provider`, an empty `display_name`, an invalid `integration_config`), NOT_FOUND (reason
+    `INTEGRATION_NOT_FOUND`), PERMISSION_DENIED (reason `MISSING_SCOPE`: changing a generic
+    provider's `integration_config` also needs `credentials:read`). Scope
+    `integrations:write`. Audited.
     """
     DeleteIntegration: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.DeleteIntegrationRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
-    `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
+    """Deletes an integration. Refused with FAILED_PRECONDITION (reason
+    `INTEGRATION_HAS_CONNECTIONS`) while it has connections, unless `force` is set, which
+    deletes them and their credentials too. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND
+    (reason `INTEGRATION_NOT_FOUND`). Scope `integrations:write`. Audited.
     """
     ListProviders: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.ListProvidersRequest, _integration_service_pb2.ListProvidersResponse]  # type: ignore[assignment]
-    """Lists the provider catalog ordered by name. Scope `integrations:read`."""
+    """Lists the built-in provider catalog ordered by name, optionally only one auth mode,
+    paginated. The catalog is the same in every environment. Errors: INVALID_ARGUMENT (unknown
+    `auth_mode` value, negative `page_size`, foreign or malformed `page_token`). Scope
+    `integrations:read`.
+    """
     GetProvider: _aio.UnaryUnaryMultiCallable[_integration_service_pb2.GetProviderRequest, _resources_pb2.Provider]  # type: ignore[assignment]
-    """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`."""
+    """Returns one catalog entry. Errors: INVALID_ARGUMENT (empty `name`), NOT_FOUND (reason
+    `PROVIDER_NOT_FOUND`). Scope `integrations:read`.
+    """
 
 class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Manages integrations: an app's configurations of third-party providers.
+    """Manages integrations (an app's configurations of third-party providers) and reads the
+    built-in provider catalog.
 
-    Every call needs `authorization: Bearer <secret key>` metadata; a missing or invalid key
-    gives UNAUTHENTICATED. Reads need the `integrations:read` scope, writes `integrations:write`
-    (PERMISSION_DENIED otherwise). Everything is scoped to the key's environment: an integration
-    of another environment answers exactly like a missing one (NOT_FOUND).
+    Every call needs exactly one `authorization: Bearer <secret key>` metadata entry; a missing,
+    malformed, unknown, revoked or expired key gives UNAUTHENTICATED (reason `UNAUTHENTICATED`).
+    Reads need the `integrations:read` scope, writes `integrations:write` (PERMISSION_DENIED,
+    reason `MISSING_SCOPE`, with the scope in the ErrorInfo metadata). Everything is scoped to
+    the key's environment: an integration of another environment answers exactly like a missing
+    one (NOT_FOUND).
+
+    Every error carries a `google.rpc.Status` with an `ErrorInfo` (domain `credbroker.dev`) and,
+    for INVALID_ARGUMENT, a `BadRequest` naming each invalid field (never its value). Besides the
+    errors listed per method, any method may return INVALID_ARGUMENT (the request does not parse),
+    RESOURCE_EXHAUSTED (request larger than `CREDBROKER_MAX_MESSAGE_BYTES`, or the server is at
+    `CREDBROKER_MAX_CONCURRENT_RPCS`), UNAVAILABLE (database unreachable, or the audit record of a
+    write cannot be stored; retry with backoff), DEADLINE_EXCEEDED (the call took longer than
+    `CREDBROKER_RPC_TIMEOUT`) and INTERNAL (with a request id to look up in the server logs).
+    Writes are recorded in the audit trail before they run.
     """
 
     @_abc_1.abstractmethod
@@ -109,8 +189,12 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.CreateIntegrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Integration, _abc.Awaitable[_resources_pb2.Integration]]:
-        """Creates an integration. Errors: INVALID_ARGUMENT (bad id, unknown provider),
-        ALREADY_EXISTS (the id is taken in this environment). Scope `integrations:write`.
+        """Creates an integration of a catalog provider. Errors: INVALID_ARGUMENT (malformed
+        `integration_id`, empty or unknown `provider`, `display_name` too long, `integration_config`
+        missing a required field or not matching a pattern), ALREADY_EXISTS (reason
+        `INTEGRATION_ALREADY_EXISTS`: the id is taken in this environment), PERMISSION_DENIED
+        (reason `MISSING_SCOPE`: a generic provider's `integration_config` also needs
+        `credentials:read`). Scope `integrations:write`. Audited.
         """
 
     @_abc_1.abstractmethod
@@ -119,7 +203,9 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.GetIntegrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Integration, _abc.Awaitable[_resources_pb2.Integration]]:
-        """Returns one integration. Errors: NOT_FOUND. Scope `integrations:read`."""
+        """Returns one integration. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND (reason
+        `INTEGRATION_NOT_FOUND`). Scope `integrations:read`.
+        """
 
     @_abc_1.abstractmethod
     def ListIntegrations(
@@ -127,7 +213,10 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.ListIntegrationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_integration_service_pb2.ListIntegrationsResponse, _abc.Awaitable[_integration_service_pb2.ListIntegrationsResponse]]:
-        """Lists the environment's integrations ordered by id. Scope `integrations:read`."""
+        """Lists the environment's integrations ordered by `integration_id`, paginated. Errors:
+        INVALID_ARGUMENT (negative `page_size`, foreign or malformed `page_token`). Scope
+        `integrations:read`.
+        """
 
     @_abc_1.abstractmethod
     def UpdateIntegration(
@@ -135,8 +224,13 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.UpdateIntegrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Integration, _abc.Awaitable[_resources_pb2.Integration]]:
-        """Updates an integration's mutable fields (`display_name`). Errors: NOT_FOUND,
-        INVALID_ARGUMENT (unknown or immutable mask path). Scope `integrations:write`.
+        """Updates an integration's mutable fields, `display_name` and `integration_config`, as
+        selected by `update_mask`; returns the integration unchanged when the mask selects neither.
+        Errors: INVALID_ARGUMENT (unknown, immutable or output-only mask path, a changed
+        `provider`, an empty `display_name`, an invalid `integration_config`), NOT_FOUND (reason
+        `INTEGRATION_NOT_FOUND`), PERMISSION_DENIED (reason `MISSING_SCOPE`: changing a generic
+        provider's `integration_config` also needs `credentials:read`). Scope
+        `integrations:write`. Audited.
         """
 
     @_abc_1.abstractmethod
@@ -145,8 +239,10 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.DeleteIntegrationRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Deletes an integration. Refused with FAILED_PRECONDITION while it has connections unless
-        `force` is set, which deletes them too. Errors: NOT_FOUND. Scope `integrations:write`.
+        """Deletes an integration. Refused with FAILED_PRECONDITION (reason
+        `INTEGRATION_HAS_CONNECTIONS`) while it has connections, unless `force` is set, which
+        deletes them and their credentials too. Errors: INVALID_ARGUMENT (malformed id), NOT_FOUND
+        (reason `INTEGRATION_NOT_FOUND`). Scope `integrations:write`. Audited.
         """
 
     @_abc_1.abstractmethod
@@ -155,7 +251,11 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.ListProvidersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_integration_service_pb2.ListProvidersResponse, _abc.Awaitable[_integration_service_pb2.ListProvidersResponse]]:
-        """Lists the provider catalog ordered by name. Scope `integrations:read`."""
+        """Lists the built-in provider catalog ordered by name, optionally only one auth mode,
+        paginated. The catalog is the same in every environment. Errors: INVALID_ARGUMENT (unknown
+        `auth_mode` value, negative `page_size`, foreign or malformed `page_token`). Scope
+        `integrations:read`.
+        """
 
     @_abc_1.abstractmethod
     def GetProvider(
@@ -163,6 +263,8 @@ class IntegrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _integration_service_pb2.GetProviderRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_resources_pb2.Provider, _abc.Awaitable[_resources_pb2.Provider]]:
-        """Returns one catalog entry. Errors: NOT_FOUND. Scope `integrations:read`."""
+        """Returns one catalog entry. Errors: INVALID_ARGUMENT (empty `name`), NOT_FOUND (reason
+        `PROVIDER_NOT_FOUND`). Scope `integrations:read`.
+        """
 
 def add_IntegrationServiceServicer_to_server(servicer: IntegrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

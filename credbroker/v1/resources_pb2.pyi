@@ -28,29 +28,42 @@ class _AuthMode:
 class _AuthModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuthMode.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     AUTH_MODE_UNSPECIFIED: _AuthMode.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """Not set. Never returned by the server; as a filter in
+    [ListProvidersRequest.auth_mode][credbroker.v1.ListProvidersRequest.auth_mode] it means
+    "any auth mode".
+    """
     AUTH_MODE_API_KEY: _AuthMode.ValueType  # 1
     """A single API key or token ([ApiKeyCredentials][credbroker.v1.ApiKeyCredentials])."""
     AUTH_MODE_BASIC: _AuthMode.ValueType  # 2
-    """A username and password ([BasicCredentials][credbroker.v1.BasicCredentials])."""
+    """A username and password for HTTP Basic authentication
+    ([BasicCredentials][credbroker.v1.BasicCredentials]).
+    """
 
 class AuthMode(_AuthMode, metaclass=_AuthModeEnumTypeWrapper):
-    """How a provider expects its credential: decided by the provider catalog entry that an
+    """How a provider expects its credential. Fixed by the provider catalog entry that an
     [Integration][credbroker.v1.Integration] names, never chosen per connection.
     """
 
 AUTH_MODE_UNSPECIFIED: AuthMode.ValueType  # 0
-"""Not set. Never returned by the server."""
+"""Not set. Never returned by the server; as a filter in
+[ListProvidersRequest.auth_mode][credbroker.v1.ListProvidersRequest.auth_mode] it means
+"any auth mode".
+"""
 AUTH_MODE_API_KEY: AuthMode.ValueType  # 1
 """A single API key or token ([ApiKeyCredentials][credbroker.v1.ApiKeyCredentials])."""
 AUTH_MODE_BASIC: AuthMode.ValueType  # 2
-"""A username and password ([BasicCredentials][credbroker.v1.BasicCredentials])."""
+"""A username and password for HTTP Basic authentication
+([BasicCredentials][credbroker.v1.BasicCredentials]).
+"""
 Global___AuthMode: _TypeAlias = AuthMode  # noqa: Y015
 
 @_typing.final
 class Integration(_message.Message):
     """An integration is an app's configuration of one third-party provider (for example "our
     OpenAI integration") inside one environment. Connections belong to an integration.
+
+    Returned by [IntegrationService][credbroker.v1.IntegrationService]; never contains secrets.
+    Reading needs the `integrations:read` scope, writing `integrations:write`.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -84,32 +97,43 @@ class Integration(_message.Message):
     INTEGRATION_CONFIG_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
     """Required on create. Immutable. The caller-chosen id, unique within the environment:
-    1-128 characters from `A-Z a-z 0-9 . _ - : @ ~`, starting with a letter or digit.
+    1-128 characters from `A-Z a-z 0-9 . _ - : @ ~`, starting with a letter or digit
+    (INVALID_ARGUMENT otherwise). Identifies the integration in update requests.
     """
     provider: _builtins.str
     """Required on create. Immutable. The provider catalog entry this integration uses, for
-    example `openai`, `stripe`, `jira-basic`, or the generic `api-key` and `basic`.
-    An unknown provider is refused with INVALID_ARGUMENT.
+    example `openai`, `stripe`, `jira-basic`, or the generic `api-key` and `basic` (see
+    [ListProviders][credbroker.v1.IntegrationService.ListProviders]). An empty or unknown
+    provider is INVALID_ARGUMENT. On update it may be sent only with its stored value.
     """
     display_name: _builtins.str
-    """Optional. A human-readable name, at most 255 characters. Defaults to the provider's
-    display name.
+    """Optional. A human-readable name: at most 255 characters, no control characters. Defaults
+    to the provider's display name on create; cannot be set to empty by an update.
     """
     auth_mode: Global___AuthMode.ValueType
-    """Output only. The auth mode of the provider: the kind of credentials its connections hold."""
+    """Output only. The provider's auth mode: the kind of credentials this integration's
+    connections hold. Ignored on input.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the integration was created."""
+        """Output only. When the integration was created. Ignored on input."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the integration was last changed."""
+        """Output only. When the integration was last changed. Ignored on input."""
 
     @_builtins.property
     def integration_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Optional. Settings the provider declares in its `integration_config` (see
-        [Provider][credbroker.v1.Provider]); the generic `api-key` and `basic` providers take their
-        base URL and key placement from here. Values are not secret and stored unencrypted.
+        [Provider.integration_config][credbroker.v1.Provider.integration_config]): declared fields
+        that are not optional and have no default are required, and every declared field must
+        match its `pattern` (INVALID_ARGUMENT, field `integration.integration_config[NAME]`);
+        undeclared keys are kept as they are. The generic `api-key` and `basic` providers take
+        their `base_url`, `header_name`, `value_template` (which must contain
+        `${credentials.api_key}`), `query_param` and `verification_path` from here; because those
+        decide where credentials are sent, setting or changing a non-empty config on a generic
+        integration also needs the `credentials:read` scope (PERMISSION_DENIED, reason
+        `MISSING_SCOPE`). Not secret: stored unencrypted and returned by every read.
         """
 
     def __init__(
@@ -134,7 +158,9 @@ Global___Integration: _TypeAlias = Integration  # noqa: Y015
 @_typing.final
 class ConfigField(_message.Message):
     """A setting a provider needs from a connection (`connection_config`) or an integration
-    (`integration_config`), such as a subdomain.
+    (`integration_config`), such as a subdomain. Output only: part of the built-in catalog
+    returned by [ListProviders][credbroker.v1.IntegrationService.ListProviders] and
+    [GetProvider][credbroker.v1.IntegrationService.GetProvider].
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -147,19 +173,25 @@ class ConfigField(_message.Message):
     SECRET_FIELD_NUMBER: _builtins.int
     DEFAULT_VALUE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The key in the config map."""
+    """Output only. The key in the config map."""
     title: _builtins.str
-    """A short human-readable label."""
+    """Output only. A short human-readable label."""
     description: _builtins.str
-    """Longer help text, possibly empty."""
+    """Output only. Longer help text, possibly empty."""
     pattern: _builtins.str
-    """A regular expression (RE2/Python syntax) the whole value must match; empty for any value."""
+    """Output only. A regular expression (RE2/Python syntax) the whole value must match; empty
+    for any value.
+    """
     optional: _builtins.bool
-    """Whether the field may be left out."""
+    """Output only. Whether the field may be left out. A field that is not optional and has no
+    `default_value` is required.
+    """
     secret: _builtins.bool
-    """Whether the value is a secondary secret (it is encrypted either way)."""
+    """Output only. Whether the value is a secondary secret (connection config is encrypted
+    either way).
+    """
     default_value: _builtins.str
-    """The value used when the field is left out; empty if none."""
+    """Output only. The value used when the field is left out; empty if none."""
     def __init__(
         self,
         *,
@@ -181,7 +213,11 @@ Global___ConfigField: _TypeAlias = ConfigField  # noqa: Y015
 
 @_typing.final
 class Provider(_message.Message):
-    """A catalog entry: how one third-party API takes its credentials."""
+    """A catalog entry: how one third-party API takes its credentials. Output only: the catalog is
+    built into the server (`credbroker/domain/providers.yaml`) and read with
+    [ListProviders][credbroker.v1.IntegrationService.ListProviders] and
+    [GetProvider][credbroker.v1.IntegrationService.GetProvider].
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -195,28 +231,39 @@ class Provider(_message.Message):
     INTEGRATION_CONFIG_FIELD_NUMBER: _builtins.int
     VERIFIES_CREDENTIALS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The provider id that [Integration.provider][credbroker.v1.Integration.provider] names."""
+    """Output only. The provider id that
+    [Integration.provider][credbroker.v1.Integration.provider] names, e.g. `openai`.
+    """
     display_name: _builtins.str
-    """A human-readable name."""
+    """Output only. A human-readable name."""
     auth_mode: Global___AuthMode.ValueType
-    """The kind of credentials the provider takes."""
+    """Output only. The kind of credentials the provider takes."""
     docs: _builtins.str
-    """Link to the provider's authentication documentation."""
+    """Output only. Link to the provider's authentication documentation."""
     base_url: _builtins.str
-    """The API base URL, possibly templated with `${connection_config.NAME}`."""
+    """Output only. The API base URL, possibly templated with `${connection_config.NAME}` or
+    `${integration_config.NAME}`.
+    """
     verifies_credentials: _builtins.bool
-    """Whether credentials are checked against the provider before they are stored."""
+    """Output only. Whether credentials are checked against the provider before they are stored
+    (for the generic providers: only when the integration sets `base_url` and
+    `verification_path`).
+    """
     @_builtins.property
     def categories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Categories such as `ai` or `payments`."""
+        """Output only. Categories such as `ai` or `payments`."""
 
     @_builtins.property
     def connection_config(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigField]:
-        """Settings each connection provides."""
+        """Output only. Settings each connection provides in
+        [Connection.connection_config][credbroker.v1.Connection.connection_config].
+        """
 
     @_builtins.property
     def integration_config(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigField]:
-        """Settings each integration provides."""
+        """Output only. Settings each integration provides in
+        [Integration.integration_config][credbroker.v1.Integration.integration_config].
+        """
 
     def __init__(
         self,
@@ -241,7 +288,11 @@ Global___Provider: _TypeAlias = Provider  # noqa: Y015
 
 @_typing.final
 class Verification(_message.Message):
-    """The outcome of the last check of a connection's credentials against its provider."""
+    """The outcome of the last check of a connection's credentials against its provider. Output
+    only. Checks run before storing (unless skipped), on
+    [VerifyConnection][credbroker.v1.ConnectionService.VerifyConnection], and in the background
+    for connections not checked for `CREDBROKER_RECHECK_MAX_AGE` seconds.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -252,29 +303,39 @@ class Verification(_message.Message):
     class _StateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Verification._State.ValueType], _builtins.type):
         DESCRIPTOR: _descriptor.EnumDescriptor
         STATE_UNSPECIFIED: Verification._State.ValueType  # 0
-        """Not set. Never returned by the server."""
+        """Not set. Never returned by the server; as a filter it means "any state"."""
         UNVERIFIED: Verification._State.ValueType  # 1
-        """Never checked: the provider has no verification request, or the check was skipped."""
+        """Never checked: the provider has no verification request, verification is turned off
+        (`CREDBROKER_VERIFY_CREDENTIALS=false`), or the check was skipped.
+        """
         VERIFIED: Verification._State.ValueType  # 2
         """The provider accepted the credentials at `verify_time`."""
         REJECTED: Verification._State.ValueType  # 3
-        """The provider refused the credentials at `verify_time` (see `http_status`)."""
+        """The provider refused the credentials (an HTTP 4xx, see `http_status`) at `verify_time`."""
         ERROR: Verification._State.ValueType  # 4
-        """The provider could not be reached or answered with an error at `verify_time`."""
+        """The provider could not be reached, timed out, or answered with a server error at
+        `verify_time`; says nothing about the credentials.
+        """
 
     class State(_State, metaclass=_StateEnumTypeWrapper):
-        """Verification states."""
+        """Verification states. Also a filter in
+        [ListConnectionsRequest.verification_state][credbroker.v1.ListConnectionsRequest.verification_state].
+        """
 
     STATE_UNSPECIFIED: Verification.State.ValueType  # 0
-    """Not set. Never returned by the server."""
+    """Not set. Never returned by the server; as a filter it means "any state"."""
     UNVERIFIED: Verification.State.ValueType  # 1
-    """Never checked: the provider has no verification request, or the check was skipped."""
+    """Never checked: the provider has no verification request, verification is turned off
+    (`CREDBROKER_VERIFY_CREDENTIALS=false`), or the check was skipped.
+    """
     VERIFIED: Verification.State.ValueType  # 2
     """The provider accepted the credentials at `verify_time`."""
     REJECTED: Verification.State.ValueType  # 3
-    """The provider refused the credentials at `verify_time` (see `http_status`)."""
+    """The provider refused the credentials (an HTTP 4xx, see `http_status`) at `verify_time`."""
     ERROR: Verification.State.ValueType  # 4
-    """The provider could not be reached or answered with an error at `verify_time`."""
+    """The provider could not be reached, timed out, or answered with a server error at
+    `verify_time`; says nothing about the credentials.
+    """
 
     STATE_FIELD_NUMBER: _builtins.int
     VERIFY_TIME_FIELD_NUMBER: _builtins.int
@@ -283,9 +344,13 @@ class Verification(_message.Message):
     state: Global___Verification.State.ValueType
     """Output only. The state after the last check."""
     http_status: _builtins.int
-    """Output only. The provider's HTTP status in the last check, 0 if none."""
+    """Output only. The provider's HTTP status in the last check; 0 if there was none (never
+    checked, or no answer).
+    """
     consecutive_failures: _builtins.int
-    """Output only. Consecutive checks that ended REJECTED or ERROR."""
+    """Output only. How many checks in a row ended REJECTED or ERROR; reset to 0 by any other
+    outcome and when new credentials or config are stored.
+    """
     @_builtins.property
     def verify_time(self) -> _timestamp_pb2.Timestamp:
         """Output only. When the last check ran; unset if never."""
@@ -308,14 +373,15 @@ Global___Verification: _TypeAlias = Verification  # noqa: Y015
 
 @_typing.final
 class ApiKeyCredentials(_message.Message):
-    """An API key or token."""
+    """An API key or token, for integrations in `AUTH_MODE_API_KEY`."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     API_KEY_FIELD_NUMBER: _builtins.int
     api_key: _builtins.str
-    """Required. Input only except in
-    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials]. 1-4096 bytes.
+    """Required. The key: 1-4096 bytes (UTF-8), no control characters (INVALID_ARGUMENT
+    otherwise). Input only, except in the response of
+    [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials].
     """
     def __init__(
         self,
@@ -332,8 +398,9 @@ Global___ApiKeyCredentials: _TypeAlias = ApiKeyCredentials  # noqa: Y015
 
 @_typing.final
 class BasicCredentials(_message.Message):
-    """A username and password for HTTP Basic authentication. Either part may be empty (some
-    providers take an API key as the username and no password), but not both.
+    """A username and password for HTTP Basic authentication, for integrations in
+    `AUTH_MODE_BASIC`. Either part may be empty (some providers take an API key as the username
+    and no password), but not both (INVALID_ARGUMENT). Neither may contain NUL characters.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -341,9 +408,13 @@ class BasicCredentials(_message.Message):
     USERNAME_FIELD_NUMBER: _builtins.int
     PASSWORD_FIELD_NUMBER: _builtins.int
     username: _builtins.str
-    """At most 1024 bytes."""
+    """Optional if `password` is set. At most 1024 bytes (UTF-8). Input only, except in the
+    response of [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials].
+    """
     password: _builtins.str
-    """At most 4096 bytes."""
+    """Optional if `username` is set. At most 4096 bytes (UTF-8). Input only, except in the
+    response of [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials].
+    """
     def __init__(
         self,
         *,
@@ -361,7 +432,9 @@ Global___BasicCredentials: _TypeAlias = BasicCredentials  # noqa: Y015
 @_typing.final
 class Credentials(_message.Message):
     """The secret part of a connection. Exactly one variant is set, matching the integration's
-    [AuthMode][credbroker.v1.AuthMode]. Stored envelope-encrypted; returned only by
+    [AuthMode][credbroker.v1.AuthMode]: neither is INVALID_ARGUMENT ("is required"), the other
+    variant is INVALID_ARGUMENT with reason `CREDENTIALS_AUTH_MODE_MISMATCH`. Stored
+    envelope-encrypted; returned only by
     [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials].
     """
 
@@ -395,7 +468,11 @@ Global___Credentials: _TypeAlias = Credentials  # noqa: Y015
 
 @_typing.final
 class Connection(_message.Message):
-    """A connection holds one end user's credentials for one integration."""
+    """A connection holds one end user's credentials for one integration, plus non-secret metadata
+    and tags. Responses of [ConnectionService][credbroker.v1.ConnectionService] never carry the
+    credentials or the `connection_config` values, only `credentials_set` and
+    `connection_config_keys`.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -453,64 +530,78 @@ class Connection(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
-    """Required. Immutable. The integration this connection belongs to."""
+    """Required. Immutable. The integration this connection belongs to; it must exist in the
+    caller's environment (NOT_FOUND, reason `INTEGRATION_NOT_FOUND`, on create).
+    """
     connection_id: _builtins.str
     """Immutable. The connection id, unique within the integration: 1-255 characters from
-    `A-Z a-z 0-9 . _ - : @ ~ +`, starting with a letter or digit. Left empty on create, the
-    server generates one (a UUID).
+    `A-Z a-z 0-9 . _ - : @ ~ +`, starting with a letter or digit (INVALID_ARGUMENT otherwise).
+    Optional on create: left empty, the server generates one (a UUID). Required on update.
     """
     auth_mode: Global___AuthMode.ValueType
-    """Output only. The auth mode of the integration's provider."""
+    """Output only. The auth mode of the integration's provider. Ignored on input."""
     credentials_set: _builtins.bool
-    """Output only. True when credentials are stored for this connection."""
+    """Output only. True when credentials are stored for this connection. Ignored on input."""
     etag: _builtins.str
-    """Output only on reads; optional on update. Changes with every write. Send it back in
+    """Output only on reads; optional on update. An opaque version string that changes with every
+    update (verification results and key rotation do not change it). Send it back in
     [UpdateConnection][credbroker.v1.ConnectionService.UpdateConnection] to update only if
-    nobody changed the connection meanwhile (ABORTED otherwise).
+    nobody changed the connection meanwhile: ABORTED with reason `ETAG_MISMATCH` otherwise, and
+    INVALID_ARGUMENT for a value the server did not issue. Ignored on create.
     """
     @_builtins.property
     def credentials(self) -> Global___Credentials:
-        """Input only. The credentials to store. Required on create. Never returned here: read them
-        with [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials].
-        """
-
-    @_builtins.property
-    def metadata(self) -> _struct_pb2.Struct:
-        """Optional. Free-form, non-secret JSON about the connection (at most 32 KiB serialized).
-        Stored unencrypted: never put secrets here.
-        """
-
-    @_builtins.property
-    def connection_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Input only. Provider settings such as a subdomain or a secondary key (at most 32 entries;
-        keys `[A-Za-z][A-Za-z0-9_.-]{0,63}`, values at most 4096 bytes). Encrypted like the
-        credentials and returned only by
+        """Input only. Required on create. The credentials to store, of the integration's auth mode.
+        Never returned here: read them with
         [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials].
         """
 
     @_builtins.property
+    def metadata(self) -> _struct_pb2.Struct:
+        """Optional. Free-form, non-secret JSON about the connection: at most 32 KiB serialized, no
+        NUL characters, finite numbers only (INVALID_ARGUMENT otherwise). Stored unencrypted and
+        returned by every read: never put secrets here.
+        """
+
+    @_builtins.property
+    def connection_config(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Input only. Optional, unless the provider declares required fields. Provider settings such
+        as a subdomain or a secondary key: at most 32 entries, keys `[A-Za-z][A-Za-z0-9_.-]{0,63}`,
+        values at most 4096 bytes; fields the provider declares in
+        [Provider.connection_config][credbroker.v1.Provider.connection_config] must be present
+        unless optional or defaulted, and must match their pattern (INVALID_ARGUMENT, field
+        `connection.connection_config[NAME]`). Encrypted like the credentials and returned only by
+        [AccessCredentials][credbroker.v1.ConnectionService.AccessCredentials]; reads show
+        `connection_config_keys`.
+        """
+
+    @_builtins.property
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Optional. Labels for finding connections, for example `end_user_id`
-        (at most 10 entries; keys `[a-z][a-z0-9_.-]{0,63}`, values 1-255 characters).
-        Stored unencrypted and filterable in
+        """Optional. Labels for finding connections, for example `end_user_id`: at most 10 entries,
+        keys `[a-z][a-z0-9_.-]{0,63}`, values 1-255 characters without control characters
+        (INVALID_ARGUMENT otherwise). Stored unencrypted and filterable in
         [ListConnections][credbroker.v1.ConnectionService.ListConnections].
         """
 
     @_builtins.property
     def connection_config_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Output only. The keys (not the values) of the stored `connection_config`."""
+        """Output only. The keys (never the values) of the stored `connection_config`, sorted.
+        Ignored on input.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the connection was created."""
+        """Output only. When the connection was created. Ignored on input."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """Output only. When the connection was last changed."""
+        """Output only. When the connection was last updated (verification results do not count).
+        Ignored on input.
+        """
 
     @_builtins.property
     def verification(self) -> Global___Verification:
-        """Output only. The last check of the credentials against the provider."""
+        """Output only. The last check of the credentials against the provider. Ignored on input."""
 
     def __init__(
         self,

@@ -1,0 +1,116 @@
+"""Running the server: one process on uvloop, or ``--workers N`` processes sharing one port.
+
+Each worker is a full server (own pool, caches and change listener) bound with SO_REUSEPORT,
+so the kernel spreads connections across them; caches stay coherent through PostgreSQL change
+announcements. The supervising process checks the keyring and the database once before
+spawning (fail closed), serves the aggregated metrics, forwards SIGTERM/SIGINT for a graceful
+drain, and exits non-zero if a worker dies on its own so an orchestrator restarts the lot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from collections.abc import Coroutine
+from multiprocessing.connection import wait
+from typing import Any
+
+import structlog
+import uvloop
+
+from credbroker import metrics
+from credbroker.app import serve
+from credbroker.bootstrap import StartupError, load_keyring, open_backend, verify_master_keys
+from credbroker.config import Settings
+from credbroker.logs import configure_logging
+
+log = structlog.get_logger("credbroker")
+
+
+def run(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Runs ``coroutine`` on a uvloop event loop."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coroutine)
+
+
+def run_server(settings: Settings, *, workers: int = 1, metrics_listen: str | None = None) -> int:
+    """Serves until SIGTERM/SIGINT; returns the process exit code."""
+    if workers <= 1:
+        if metrics_listen:
+            metrics.serve_metrics(metrics_listen, multiprocess_mode=False)
+        run(serve(settings))
+        return 0
+    if settings.listen.endswith(":0"):
+        raise StartupError("--workers needs a fixed port (workers share it with SO_REUSEPORT)")
+    run(_preflight(settings))
+    metrics.prepare_multiprocess()
+    if metrics_listen:
+        metrics.serve_metrics(metrics_listen, multiprocess_mode=True)
+    return _supervise(settings.model_copy(update={"reuse_port": True}), workers)
+
+
+async def _preflight(settings: Settings) -> None:
+    """The fail-closed start checks, once, before any worker listens."""
+    keyring = load_keyring(settings)
+    backend = await open_backend(settings, pool_min=1)
+    try:
+        await verify_master_keys(backend.db, keyring)
+    finally:
+        await backend.close()
+
+
+def _worker(values: dict[str, Any], log_format: str, log_level: str, index: int) -> None:
+    configure_logging(log_format, log_level)
+    structlog.contextvars.bind_contextvars(worker=index)
+    settings = Settings.model_validate(values)
+    run(serve(settings))
+
+
+def _supervise(settings: Settings, count: int) -> int:
+    context = multiprocessing.get_context("spawn")
+    values = settings.model_dump()
+    processes = [
+        context.Process(
+            target=_worker,
+            args=(values, settings.log_format, settings.log_level, index),
+            name=f"credbroker-worker-{index}",
+        )
+        for index in range(count)
+    ]
+    stopping = False
+
+    def stop(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for process in processes:
+        process.start()
+    log.info("workers started", workers=count, pids=[p.pid for p in processes])
+    running = list(processes)
+    failed = False
+    while running:
+        for sentinel in wait([p.sentinel for p in running]):
+            process = next(p for p in running if p.sentinel == sentinel)
+            process.join()
+            running.remove(process)
+            _mark_dead(process.pid)
+            if process.exitcode != 0 or not stopping:
+                failed = True
+                if not stopping:
+                    log.error("worker exited; stopping the others", exit_code=process.exitcode)
+                    stop(signal.SIGTERM, None)
+    return 1 if failed else 0
+
+
+def _mark_dead(pid: int | None) -> None:
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
