@@ -81,7 +81,9 @@ class ChangeListener:
             self._terminated(connection)
 
     async def _connect(self) -> None:
-        connection = await asyncpg.connect(self._dsn, timeout=5)
+        connection = await asyncpg.connect(
+            self._dsn, timeout=5, server_settings={"application_name": "credbroker-listener"}
+        )
         await connection.add_listener(CHANNEL, self._dispatch)
         connection.add_termination_listener(self._terminated)
         # Anything cached before this point may have missed announcements.

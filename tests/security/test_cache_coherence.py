@@ -1,0 +1,194 @@
+"""Caches stay coherent across servers: a change made through one server is seen by another
+within the announcement delay, revocation included, and a lost announcement channel makes
+servers bypass their caches instead of serving stale data."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from credbroker.app import RunningServer, start_server
+from credbroker.bootstrap import open_backend
+from credbroker.domain.models import ALL_SCOPES
+from credbroker.v1 import connection_service_pb2 as cpb
+from credbroker.v1 import connection_service_pb2_grpc as cgrpc
+from credbroker.v1 import integration_service_pb2 as ipb
+from credbroker.v1 import integration_service_pb2_grpc as igrpc
+from credbroker.v1 import resources_pb2 as rpb
+
+BOUND_SECONDS = 2.0  # documented bound: announcement delay, far below the TTL backstop
+
+
+@pytest_asyncio.fixture
+async def second_server(settings_factory: Any, keyring: Any) -> AsyncIterator[RunningServer]:
+    """Another server process-equivalent: its own pool, caches and change listener."""
+    settings = settings_factory()
+    backend = await open_backend(settings)
+    running = await start_server(settings, backend, keyring)
+    try:
+        yield running
+    finally:
+        await running.stop(0)
+        await backend.close()
+
+
+async def _eventually(check: Callable[[], Awaitable[bool]]) -> float:
+    """Seconds until ``check`` holds; fails after BOUND_SECONDS."""
+    started = time.monotonic()
+    while time.monotonic() - started < BOUND_SECONDS:
+        if await check():
+            return time.monotonic() - started
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not seen within {BOUND_SECONDS} s")
+
+
+async def _seed(tenant: Any, api_key: str) -> None:
+    await tenant.integrations.CreateIntegration(
+        ipb.CreateIntegrationRequest(
+            integration=rpb.Integration(integration_id="openai", provider="openai")
+        ),
+        metadata=tenant.metadata,
+    )
+    await tenant.connections.CreateConnection(
+        cpb.CreateConnectionRequest(
+            connection=rpb.Connection(
+                integration_id="openai",
+                connection_id="c1",
+                credentials=rpb.Credentials(api_key=rpb.ApiKeyCredentials(api_key=api_key)),
+            )
+        ),
+        metadata=tenant.metadata,
+    )
+
+
+ACCESS = cpb.AccessCredentialsRequest(integration_id="openai", connection_id="c1")
+
+
+async def test_credential_update_reaches_the_other_server(
+    tenant: Any, second_server: RunningServer
+) -> None:
+    await _seed(tenant, "sk-old")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second_server.port}") as channel:
+        other: Any = cgrpc.ConnectionServiceStub(channel)
+        first = await other.AccessCredentials(ACCESS, metadata=tenant.metadata)
+        assert first.credentials.api_key.api_key == "sk-old"  # now cached there
+        await tenant.connections.UpdateConnection(
+            cpb.UpdateConnectionRequest(
+                connection=rpb.Connection(
+                    integration_id="openai",
+                    connection_id="c1",
+                    credentials=rpb.Credentials(api_key=rpb.ApiKeyCredentials(api_key="sk-new")),
+                )
+            ),
+            metadata=tenant.metadata,
+        )
+
+        async def sees_new() -> bool:
+            reply = await other.AccessCredentials(ACCESS, metadata=tenant.metadata)
+            return bool(reply.credentials.api_key.api_key == "sk-new")
+
+        await _eventually(sees_new)
+
+
+async def test_revocation_reaches_the_other_server(
+    tenant: Any, keys: Any, second_server: RunningServer
+) -> None:
+    await _seed(tenant, "sk-1")
+    token, record = await keys.create_key(tenant.environment, ALL_SCOPES)
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second_server.port}") as channel:
+        other: Any = cgrpc.ConnectionServiceStub(channel)
+        await other.AccessCredentials(ACCESS, metadata=metadata)  # key now cached there
+        await keys.revoke_key(record.key_id)  # through the first server's process
+
+        async def refused() -> bool:
+            try:
+                await other.AccessCredentials(ACCESS, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                return bool(error.code() == grpc.StatusCode.UNAUTHENTICATED)
+            return False
+
+        await _eventually(refused)
+
+
+async def test_deleted_connection_is_gone_on_the_other_server(
+    tenant: Any, second_server: RunningServer
+) -> None:
+    await _seed(tenant, "sk-1")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second_server.port}") as channel:
+        other: Any = cgrpc.ConnectionServiceStub(channel)
+        await other.AccessCredentials(ACCESS, metadata=tenant.metadata)
+        await tenant.connections.DeleteConnection(
+            cpb.DeleteConnectionRequest(integration_id="openai", connection_id="c1"),
+            metadata=tenant.metadata,
+        )
+
+        async def gone() -> bool:
+            try:
+                await other.AccessCredentials(ACCESS, metadata=tenant.metadata)
+            except grpc.aio.AioRpcError as error:
+                return bool(error.code() == grpc.StatusCode.NOT_FOUND)
+            return False
+
+        await _eventually(gone)
+
+
+async def test_lost_listener_bypasses_the_cache(
+    tenant: Any, backend: Any, second_server: RunningServer
+) -> None:
+    """Kill the other server's announcement connection, change the row behind its back (with
+    announcements unheard), and the other server must still answer with fresh data."""
+    await _seed(tenant, "sk-before")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second_server.port}") as channel:
+        other: Any = cgrpc.ConnectionServiceStub(channel)
+        await other.AccessCredentials(ACCESS, metadata=tenant.metadata)
+        listener = second_server.listener
+        assert listener is not None and listener.healthy
+        await backend.db.execute(
+            """SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+               WHERE application_name = 'credbroker-listener' AND pid <> pg_backend_pid()"""
+        )
+        await tenant.connections.UpdateConnection(
+            cpb.UpdateConnectionRequest(
+                connection=rpb.Connection(
+                    integration_id="openai",
+                    connection_id="c1",
+                    credentials=rpb.Credentials(api_key=rpb.ApiKeyCredentials(api_key="sk-after")),
+                )
+            ),
+            metadata=tenant.metadata,
+        )
+
+        async def fresh() -> bool:
+            reply = await other.AccessCredentials(ACCESS, metadata=tenant.metadata)
+            return bool(reply.credentials.api_key.api_key == "sk-after")
+
+        await _eventually(fresh)
+
+        for _ in range(200):  # the listener reconnects by itself (retry every second)
+            if listener.healthy:
+                break
+            await asyncio.sleep(0.05)
+        assert listener.healthy
+
+
+async def test_caches_can_be_turned_off(settings_factory: Any, keyring: Any) -> None:
+    settings = settings_factory(cache_ttl=0.0)
+    backend = await open_backend(settings)
+    running = await start_server(settings, backend, keyring)
+    try:
+        assert running.listener is None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub: Any = igrpc.IntegrationServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as error:
+                await stub.ListIntegrations(ipb.ListIntegrationsRequest())
+            assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await running.stop(0)
+        await backend.close()
