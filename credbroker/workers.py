@@ -13,6 +13,8 @@ import asyncio
 import multiprocessing
 import os
 import signal
+import socket
+import sys
 from collections.abc import Coroutine
 from multiprocessing.connection import wait
 from typing import Any
@@ -44,6 +46,7 @@ def run_server(settings: Settings, *, workers: int = 1, metrics_listen: str | No
         return 0
     if settings.listen.endswith(":0"):
         raise StartupError("--workers needs a fixed port (workers share it with SO_REUSEPORT)")
+    _check_port_free(settings.listen)
     run(_preflight(settings))
     metrics.prepare_multiprocess()
     if metrics_listen:
@@ -61,11 +64,28 @@ async def _preflight(settings: Settings) -> None:
         await backend.close()
 
 
+def _check_port_free(address: str) -> None:
+    """Binds once without SO_REUSEPORT: workers must not silently join another server's port."""
+    host, _, port = address.rpartition(":")
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Like gRPC: TIME_WAIT leftovers of a previous run are no conflict; a live listener is.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host.strip("[]"), int(port)))
+        except OSError:
+            raise StartupError(f"cannot listen on {address} (in use or not permitted)") from None
+
+
 def _worker(values: dict[str, Any], log_format: str, log_level: str, index: int) -> None:
     configure_logging(log_format, log_level)
     structlog.contextvars.bind_contextvars(worker=index)
     settings = Settings.model_validate(values)
-    run(serve(settings))
+    try:
+        run(serve(settings))
+    except StartupError as exc:
+        print(f"credbroker: worker {index}: {exc}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _supervise(settings: Settings, count: int) -> int:
