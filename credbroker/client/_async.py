@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -33,6 +33,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 PReq = TypeVar("PReq", bound=PageRequest)
 PResp = TypeVar("PResp", bound=PageResponse)
+M = TypeVar("M")
+T = TypeVar("T")
 
 
 class AsyncCredBroker:
@@ -42,7 +44,7 @@ class AsyncCredBroker:
     Args:
         target: ``host:port`` of the server, e.g. ``"localhost:50051"``.
         secret_key: a secret key (``cbsk_...``), sent as ``authorization: Bearer`` on every call.
-        tls: ``False`` for plaintext, ``True`` for TLS with the system's root certificates, or
+        tls: ``False`` for plaintext, ``True`` for TLS with gRPC's default root certificates, or
             ``grpc.ChannelCredentials`` (e.g. ``grpc.ssl_channel_credentials(root_ca, key,
             chain)`` for a private CA or mutual TLS).
         timeout: default deadline of every call in seconds, retries included (``None``: none).
@@ -111,18 +113,27 @@ class AsyncCredBroker:
             attempt, self._settings.backoff, self._settings.call_timeout(timeout)
         )
 
-    async def _pages(
+    def _items(
         self,
         rpc: grpc.aio.UnaryUnaryMultiCallable[PReq, PResp],
         request: PReq,
         timeout: float | None,
-    ) -> AsyncIterator[PResp]:
-        while True:
-            response = await self._call(rpc, request, timeout)
-            yield response
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
+        items: Callable[[PResp], Iterable[M]],
+        convert: Callable[[M], T],
+    ) -> AsyncIterator[T]:
+        """Checks the arguments now; fetches the pages lazily, one call (and deadline) each."""
+        timeout = self._settings.call_timeout(timeout)
+
+        async def iterate() -> AsyncIterator[T]:
+            while True:
+                response = await self._call(rpc, request, timeout)
+                for item in items(response):
+                    yield convert(item)
+                if not response.next_page_token:
+                    return
+                request.page_token = response.next_page_token
+
+        return iterate()
 
     # -----------------------------------------------------------------------------------------
     # integrations
@@ -154,14 +165,18 @@ class AsyncCredBroker:
             await self._call(self._integrations.GetIntegration, request, timeout)
         )
 
-    async def list_integrations(
+    def list_integrations(
         self, *, page_size: int | None = None, timeout: float | None = None
     ) -> AsyncIterator[Integration]:
         """Iterates over all integrations, ordered by id, fetching ``page_size`` per call."""
         request = ipb.ListIntegrationsRequest(page_size=page_size or 0)
-        async for page in self._pages(self._integrations.ListIntegrations, request, timeout):
-            for item in page.integrations:
-                yield _convert.integration(item)
+        return self._items(
+            self._integrations.ListIntegrations,
+            request,
+            timeout,
+            lambda page: page.integrations,
+            _convert.integration,
+        )
 
     async def update_integration(
         self,
@@ -185,7 +200,7 @@ class AsyncCredBroker:
         request = ipb.DeleteIntegrationRequest(integration_id=integration_id, force=force)
         await self._call(self._integrations.DeleteIntegration, request, timeout)
 
-    async def list_providers(
+    def list_providers(
         self,
         auth_mode: AuthMode | str | None = None,
         *,
@@ -194,9 +209,13 @@ class AsyncCredBroker:
     ) -> AsyncIterator[Provider]:
         """Iterates over the provider catalog, ordered by name, optionally of one auth mode."""
         request = _convert.list_providers(auth_mode, page_size)
-        async for page in self._pages(self._integrations.ListProviders, request, timeout):
-            for item in page.providers:
-                yield _convert.provider(item)
+        return self._items(
+            self._integrations.ListProviders,
+            request,
+            timeout,
+            lambda page: page.providers,
+            _convert.provider,
+        )
 
     async def get_provider(self, name: str, *, timeout: float | None = None) -> Provider:
         """Returns one catalog entry, e.g. ``"openai"``. Raises NotFound."""
@@ -250,7 +269,7 @@ class AsyncCredBroker:
             await self._call(self._connections.GetConnection, request, timeout)
         )
 
-    async def list_connections(
+    def list_connections(
         self,
         integration_id: str = "",
         *,
@@ -262,9 +281,13 @@ class AsyncCredBroker:
         """Iterates over all matching connections (of one integration if given, carrying all
         ``tags``, in a verification state), ordered by integration id, then connection id."""
         request = _convert.list_connections(integration_id, tags, verification_state, page_size)
-        async for page in self._pages(self._connections.ListConnections, request, timeout):
-            for item in page.connections:
-                yield _convert.connection(item)
+        return self._items(
+            self._connections.ListConnections,
+            request,
+            timeout,
+            lambda page: page.connections,
+            _convert.connection,
+        )
 
     async def update_connection(
         self,
@@ -339,7 +362,7 @@ class AsyncCredBroker:
     # -----------------------------------------------------------------------------------------
     # audit
 
-    async def list_audit_events(
+    def list_audit_events(
         self,
         *,
         integration_id: str = "",
@@ -349,6 +372,10 @@ class AsyncCredBroker:
     ) -> AsyncIterator[AuditEvent]:
         """Iterates over the audit trail, newest first. Needs the ``audit:read`` scope."""
         request = _convert.list_audit_events(integration_id, connection_id, page_size)
-        async for page in self._pages(self._audit.ListAuditEvents, request, timeout):
-            for item in page.audit_events:
-                yield _convert.audit_event(item)
+        return self._items(
+            self._audit.ListAuditEvents,
+            request,
+            timeout,
+            lambda page: page.audit_events,
+            _convert.audit_event,
+        )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -30,6 +30,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 PReq = TypeVar("PReq", bound=PageRequest)
 PResp = TypeVar("PResp", bound=PageResponse)
+M = TypeVar("M")
+T = TypeVar("T")
 
 
 class CredBroker:
@@ -38,7 +40,7 @@ class CredBroker:
     Args:
         target: ``host:port`` of the server, e.g. ``"localhost:50051"``.
         secret_key: a secret key (``cbsk_...``), sent as ``authorization: Bearer`` on every call.
-        tls: ``False`` for plaintext, ``True`` for TLS with the system's root certificates, or
+        tls: ``False`` for plaintext, ``True`` for TLS with gRPC's default root certificates, or
             ``grpc.ChannelCredentials`` (e.g. ``grpc.ssl_channel_credentials(root_ca, key,
             chain)`` for a private CA or mutual TLS).
         timeout: default deadline of every call in seconds, retries included (``None``: none).
@@ -105,18 +107,27 @@ class CredBroker:
 
         return _retry.call(attempt, self._settings.backoff, self._settings.call_timeout(timeout))
 
-    def _pages(
+    def _items(
         self,
         rpc: grpc.UnaryUnaryMultiCallable[PReq, PResp],
         request: PReq,
         timeout: float | None,
-    ) -> Iterator[PResp]:
-        while True:
-            response = self._call(rpc, request, timeout)
-            yield response
-            if not response.next_page_token:
-                return
-            request.page_token = response.next_page_token
+        items: Callable[[PResp], Iterable[M]],
+        convert: Callable[[M], T],
+    ) -> Iterator[T]:
+        """Checks the arguments now; fetches the pages lazily, one call (and deadline) each."""
+        timeout = self._settings.call_timeout(timeout)
+
+        def iterate() -> Iterator[T]:
+            while True:
+                response = self._call(rpc, request, timeout)
+                for item in items(response):
+                    yield convert(item)
+                if not response.next_page_token:
+                    return
+                request.page_token = response.next_page_token
+
+        return iterate()
 
     # -----------------------------------------------------------------------------------------
     # integrations
@@ -149,9 +160,13 @@ class CredBroker:
     ) -> Iterator[Integration]:
         """Iterates over all integrations, ordered by id, fetching ``page_size`` per call."""
         request = ipb.ListIntegrationsRequest(page_size=page_size or 0)
-        for page in self._pages(self._integrations.ListIntegrations, request, timeout):
-            for item in page.integrations:
-                yield _convert.integration(item)
+        return self._items(
+            self._integrations.ListIntegrations,
+            request,
+            timeout,
+            lambda page: page.integrations,
+            _convert.integration,
+        )
 
     def update_integration(
         self,
@@ -184,9 +199,13 @@ class CredBroker:
     ) -> Iterator[Provider]:
         """Iterates over the provider catalog, ordered by name, optionally of one auth mode."""
         request = _convert.list_providers(auth_mode, page_size)
-        for page in self._pages(self._integrations.ListProviders, request, timeout):
-            for item in page.providers:
-                yield _convert.provider(item)
+        return self._items(
+            self._integrations.ListProviders,
+            request,
+            timeout,
+            lambda page: page.providers,
+            _convert.provider,
+        )
 
     def get_provider(self, name: str, *, timeout: float | None = None) -> Provider:
         """Returns one catalog entry, e.g. ``"openai"``. Raises NotFound."""
@@ -248,9 +267,13 @@ class CredBroker:
         """Iterates over all matching connections (of one integration if given, carrying all
         ``tags``, in a verification state), ordered by integration id, then connection id."""
         request = _convert.list_connections(integration_id, tags, verification_state, page_size)
-        for page in self._pages(self._connections.ListConnections, request, timeout):
-            for item in page.connections:
-                yield _convert.connection(item)
+        return self._items(
+            self._connections.ListConnections,
+            request,
+            timeout,
+            lambda page: page.connections,
+            _convert.connection,
+        )
 
     def update_connection(
         self,
@@ -331,6 +354,10 @@ class CredBroker:
     ) -> Iterator[AuditEvent]:
         """Iterates over the audit trail, newest first. Needs the ``audit:read`` scope."""
         request = _convert.list_audit_events(integration_id, connection_id, page_size)
-        for page in self._pages(self._audit.ListAuditEvents, request, timeout):
-            for item in page.audit_events:
-                yield _convert.audit_event(item)
+        return self._items(
+            self._audit.ListAuditEvents,
+            request,
+            timeout,
+            lambda page: page.audit_events,
+            _convert.audit_event,
+        )
