@@ -24,6 +24,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy credbroker tests
+	BUF=$(abspath $(BIN))/buf BUF_PYTHON=$(abspath $(BIN))/python bash scripts/buf.sh
 
 protos: install
 	PATH=$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I protos -I "$$($(BIN)/python -c 'import google.api, os; print(os.path.dirname(os.path.dirname(google.api.__path__[0])))')" \

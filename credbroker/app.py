@@ -164,6 +164,7 @@ async def _sample_periodically(
     NOT_SERVING while it is unreachable (and SERVING again once it answers)."""
     serving = True
     rounds = 0
+    published_key_ids: set[int] = set()
     while True:
         await asyncio.sleep(HEALTH_PROBE_SECONDS)
         for sample in samplers:
@@ -172,9 +173,10 @@ async def _sample_periodically(
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await backend.db.fetchval("SELECT 1")
                 if rounds % 30 == 0:
-                    repository = PostgresMasterKeyRepository(backend.db)
-                    for key_id, count in (await repository.rows_per_key()).items():
-                        metrics.STORED_BLOBS.labels(str(key_id)).set(count)
+                    counts = await PostgresMasterKeyRepository(backend.db).rows_per_key()
+                    for key_id in published_key_ids | set(counts):
+                        metrics.STORED_BLOBS.labels(str(key_id)).set(counts.get(key_id, 0))
+                    published_key_ids |= set(counts)
             healthy = True
         except (DomainError, TimeoutError, OSError):
             healthy = False
@@ -315,6 +317,8 @@ async def serve(settings: Settings, *, listen: str | None = None) -> None:
             port=running.port,
             reflection=settings.reflection,
             tls="mutual" if settings.tls_client_ca else "on" if settings.tls_cert else "off",
+            master_key_ids=sorted(keyring.keys),
+            primary_master_key_id=keyring.primary_key_id,
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -310,6 +310,13 @@ async def _keys(args: argparse.Namespace, backend: Backend) -> None:
         print(f"revoked {args.key_id}")
 
 
+def _print_invalid_configuration(exc: ValidationError) -> None:
+    """One line per problem, naming the variable (flags set the same settings); never values."""
+    for error in exc.errors():
+        name = "CREDBROKER_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
+        print(f"credbroker: invalid configuration: {name}: {error['msg']}", file=sys.stderr)
+
+
 def _edit_keyring(args: argparse.Namespace) -> Keyring:
     if args.keyring_command == "generate":
         return generate_keyring()
@@ -326,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         base = Settings()
     except ValidationError as exc:
-        for error in exc.errors():
-            name = "CREDBROKER_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
-            print(f"credbroker: invalid configuration: {name}: {error['msg']}", file=sys.stderr)
+        _print_invalid_configuration(exc)
         return 2
     dev_console = getattr(args, "dev", False) and "CREDBROKER_LOG_FORMAT" not in os.environ
     configure_logging("console" if dev_console else base.log_format, base.log_level)
@@ -343,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "serve":
             return _serve(args)
         workers.run(_run(args))
+    except ValidationError as exc:  # flags combined with the environment
+        _print_invalid_configuration(exc)
+        return 2
     except (StartupError, DomainError, ValueError) as exc:
         print(f"credbroker: {exc}", file=sys.stderr)
         return 1

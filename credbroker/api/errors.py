@@ -126,6 +126,10 @@ def internal_status(request_id: str) -> status_pb2.Status:
     )
 
 
+def unimplemented_status() -> status_pb2.Status:
+    return build_status(grpc.StatusCode.UNIMPLEMENTED, "method not implemented", "UNIMPLEMENTED")
+
+
 def deadline_status() -> status_pb2.Status:
     return build_status(
         grpc.StatusCode.DEADLINE_EXCEEDED, "request took too long", "DEADLINE_EXCEEDED"

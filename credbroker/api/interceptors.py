@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -133,6 +134,8 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if isinstance(error, TimeoutError):
             log.warning("rpc exceeded the server deadline")
             return errors.deadline_status()
+        if isinstance(error, NotImplementedError):  # e.g. grpc.health.v1.Health/List
+            return errors.unimplemented_status()
         log.error("unexpected error", error_type=type(error).__name__, exc_info=error)
         return errors.internal_status(request_id)
 
@@ -197,7 +200,11 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                 request = (
                     _checked_stream(request) if handler.request_streaming else _checked(request)
                 )
-                async for response in behavior(request, context):
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a handler that streams with context.write()
+                    await result
+                    return
+                async for response in result:
                     yield response
             except grpc.aio.AbortError:
                 raise

@@ -22,7 +22,7 @@ from credbroker.domain.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
-from credbroker.domain.injection import check_config, resolve_auth
+from credbroker.domain.injection import check_config, resolve_auth, verification_for
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.models import (
     UNVERIFIED,
@@ -331,18 +331,25 @@ class ConnectionService:
         paths: frozenset[str],
         skip_verification: bool,
     ) -> VerificationRecord:
-        """Checks the credentials and config the connection will hold after the update."""
+        """Checks the credentials and config the connection will hold after the update. The
+        stored half is decrypted only when the check needs it, so replacing both halves (or
+        skipping the check) also repairs a row whose ciphertext no longer authenticates."""
         stored = await self._stored(principal, draft.integration_id, draft.connection_id)
-        credentials, config = self._decrypt(stored)
+        provider = self._provider(stored.provider)
+        if "connection_config" in paths:
+            _check_provider_config(provider, dict(draft.connection_config or {}))
+        if skip_verification or verification_for(provider, stored.integration_config) is None:
+            return UNVERIFIED
+        if paths >= {"credentials", "connection_config"}:
+            credentials: Credentials | None = None
+            config: dict[str, str] = {}
+        else:
+            credentials, config = self._decrypt(stored)
         if "credentials" in paths:
-            assert draft.credentials is not None
             credentials = draft.credentials
         if "connection_config" in paths:
             config = dict(draft.connection_config or {})
-        provider = self._provider(stored.provider)
-        _check_provider_config(provider, config)
-        if skip_verification:
-            return UNVERIFIED
+        assert credentials is not None
         return await self._verifier.before_storing(
             provider, stored.integration_config, credentials, config
         )
