@@ -10,8 +10,9 @@ announcement listener is down, the caches are bypassed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from typing import Generic, TypeVar
 from uuid import UUID
 
 from cachetools import TTLCache
@@ -32,6 +33,8 @@ from credbroker.domain.ports import (
 from credbroker.storage.changes import ChangeListener
 
 ConnectionKey = tuple[str, str, str]  # (environment id, integration id, connection id)
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 class CacheStats:
@@ -42,53 +45,69 @@ class CacheStats:
         self.misses = 0
 
 
-class _Invalidations:
-    """Counts invalidations so a read that raced with one is not cached: a change announced
-    while the database read was in flight could otherwise be overwritten by the stale result."""
+class CoherentCache(Generic[K, V]):
+    """A TTL cache that a change listener keeps coherent with the database.
 
-    def __init__(self) -> None:
-        self.count = 0
+    It counts invalidations so that a read racing with one is not stored: a change announced
+    while the database read was in flight would otherwise be overwritten by the stale result.
+    """
+
+    def __init__(self, listener: ChangeListener, *, ttl: float, size: int) -> None:
+        self._listener = listener
+        self._entries: TTLCache[K, V] = TTLCache(maxsize=size, ttl=ttl)
+        self._invalidations = 0
+        self.stats = CacheStats()
+
+    def clear(self) -> None:
+        self._invalidations += 1
+        self._entries.clear()
+
+    def forget(self, key: K) -> None:
+        self._invalidations += 1
+        self._entries.pop(key, None)
+
+    def forget_where(self, matches: Callable[[K], bool]) -> None:
+        self._invalidations += 1
+        for key in [k for k in self._entries if matches(k)]:
+            self._entries.pop(key, None)
+
+    async def get_or_load(self, key: K, load: Callable[[], Awaitable[V | None]]) -> V | None:
+        """The cached value, else ``load()``'s (cached unless None); bypassed entirely while the
+        listener is down, since announcements may be missed then."""
+        if not self._listener.healthy:
+            return await load()
+        cached = self._entries.get(key)
+        if cached is not None:
+            self.stats.hits += 1
+            return cached
+        self.stats.misses += 1
+        before = self._invalidations
+        value = await load()
+        if value is not None and before == self._invalidations:
+            self._entries[key] = value
+        return value
 
 
 class CachingSecretKeyRepository:
-    """Caches ``get`` by key id; writes pass through and drop the entry."""
+    """Caches ``get`` by key id; writes pass through and drop the entry. Unknown ids are not
+    cached (nothing to revoke, no memory spent on junk ids)."""
 
     def __init__(
         self, inner: SecretKeyRepository, listener: ChangeListener, *, ttl: float, size: int
     ) -> None:
         self._inner = inner
-        self._listener = listener
-        self._cache: TTLCache[str, SecretKeyRecord] = TTLCache(maxsize=size, ttl=ttl)
-        self._invalidations = _Invalidations()
-        self.stats = CacheStats()
-        listener.subscribe(self._on_change, self._clear)
-
-    def _clear(self) -> None:
-        self._invalidations.count += 1
-        self._cache.clear()
-
-    def _forget(self, key_id: str) -> None:
-        self._invalidations.count += 1
-        self._cache.pop(key_id, None)
+        self._cache: CoherentCache[str, SecretKeyRecord] = CoherentCache(
+            listener, ttl=ttl, size=size
+        )
+        self.stats = self._cache.stats
+        listener.subscribe(self._on_change, self._cache.clear)
 
     def _on_change(self, parts: list[str]) -> None:
         if parts[0] == "k" and len(parts) == 2:
-            self._forget(parts[1])
+            self._cache.forget(parts[1])
 
     async def get(self, key_id: str) -> SecretKeyRecord | None:
-        if not self._listener.healthy:
-            return await self._inner.get(key_id)
-        cached = self._cache.get(key_id)
-        if cached is not None:
-            self.stats.hits += 1
-            return cached
-        self.stats.misses += 1
-        before = self._invalidations.count
-        record = await self._inner.get(key_id)
-        # Unknown ids are not cached (nothing to revoke, no memory for junk ids).
-        if record is not None and before == self._invalidations.count:
-            self._cache[key_id] = record
-        return record
+        return await self._cache.get_or_load(key_id, lambda: self._inner.get(key_id))
 
     async def create(self, record: SecretKeyRecord) -> None:
         await self._inner.create(record)
@@ -98,12 +117,12 @@ class CachingSecretKeyRepository:
 
     async def revoke(self, key_id: str) -> bool:
         revoked = await self._inner.revoke(key_id)
-        self._forget(key_id)
+        self._cache.forget(key_id)
         return revoked
 
     async def expire_by(self, key_id: str, expire_time: datetime) -> None:
         await self._inner.expire_by(key_id, expire_time)
-        self._forget(key_id)
+        self._cache.forget(key_id)
 
     async def record_last_used(self, used: Mapping[str, datetime]) -> None:
         await self._inner.record_last_used(used)
@@ -116,45 +135,29 @@ class CachingConnectionRepository:
         self, inner: ConnectionRepository, listener: ChangeListener, *, ttl: float, size: int
     ) -> None:
         self._inner = inner
-        self._listener = listener
-        self._cache: TTLCache[ConnectionKey, StoredConnection] = TTLCache(maxsize=size, ttl=ttl)
-        self._invalidations = _Invalidations()
-        self.stats = CacheStats()
-        listener.subscribe(self._on_change, self._clear)
-
-    def _clear(self) -> None:
-        self._invalidations.count += 1
-        self._cache.clear()
+        self._cache: CoherentCache[ConnectionKey, StoredConnection] = CoherentCache(
+            listener, ttl=ttl, size=size
+        )
+        self.stats = self._cache.stats
+        listener.subscribe(self._on_change, self._cache.clear)
 
     def _on_change(self, parts: list[str]) -> None:
-        self._invalidations.count += 1
         if parts[0] == "c" and len(parts) == 4:
-            self._cache.pop((parts[1], parts[2], parts[3]), None)
+            self._cache.forget((parts[1], parts[2], parts[3]))
         elif parts[0] == "i" and len(parts) == 3:
             # An integration's config feeds every cached connection of it.
-            for key in [k for k in self._cache if k[0] == parts[1] and k[1] == parts[2]]:
-                self._cache.pop(key, None)
+            self._cache.forget_where(lambda key: key[0] == parts[1] and key[1] == parts[2])
 
     def _forget(self, environment_id: UUID, integration_id: str, connection_id: str) -> None:
-        self._invalidations.count += 1
-        self._cache.pop((str(environment_id), integration_id, connection_id), None)
+        self._cache.forget((str(environment_id), integration_id, connection_id))
 
     async def get_with_secrets(
         self, environment_id: UUID, integration_id: str, connection_id: str
     ) -> StoredConnection | None:
-        if not self._listener.healthy:
-            return await self._inner.get_with_secrets(environment_id, integration_id, connection_id)
-        key = (str(environment_id), integration_id, connection_id)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self.stats.hits += 1
-            return cached
-        self.stats.misses += 1
-        before = self._invalidations.count
-        stored = await self._inner.get_with_secrets(environment_id, integration_id, connection_id)
-        if stored is not None and before == self._invalidations.count:
-            self._cache[key] = stored
-        return stored
+        return await self._cache.get_or_load(
+            (str(environment_id), integration_id, connection_id),
+            lambda: self._inner.get_with_secrets(environment_id, integration_id, connection_id),
+        )
 
     async def get(
         self, environment_id: UUID, integration_id: str, connection_id: str
