@@ -40,6 +40,25 @@ def parse_networks(text: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def _embedded_ipv4(
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address reaches (mapped, 6to4, NAT64, IPv4-compatible), so a
+    private IPv4 target cannot hide behind an IPv6 form that looks global."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64 or int(address) >> 32 == 0:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme, parts.netloc.lower()
@@ -53,7 +72,12 @@ class AddressGuard:
         return any(address in network for network in self._allowed)
 
     def permits(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        return self.allow_listed(address) or (address.is_global and not address.is_multicast)
+        if self.allow_listed(address):
+            return True
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and not self.permits(embedded):
+            return False
+        return address.is_global and not address.is_multicast
 
     async def resolve(self, host: str, port: int, *, plain_http: bool = False) -> str:
         """One permitted address of ``host``; refuses if any resolved address is forbidden.

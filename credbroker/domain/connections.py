@@ -3,6 +3,7 @@ access (AccessCredentials)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import uuid
@@ -444,11 +445,19 @@ class ConnectionService:
                         VerificationRecord(VerificationState.UNVERIFIED, datetime.now(UTC)),
                     )
             except (DomainError, OSError) as exc:
+                # Recorded as ERROR with a time, so it does not head every later batch and
+                # starve the other connections of re-checks.
                 log.warning(
                     "re-check failed",
                     connection_id=connection.connection_id,
                     error_type=type(exc).__name__,
                 )
+                with contextlib.suppress(DomainError, OSError):
+                    await self._repository.record_verification(
+                        connection.environment_id,
+                        connection.id,
+                        VerificationRecord(VerificationState.ERROR, datetime.now(UTC)),
+                    )
         return len(stale)
 
 
