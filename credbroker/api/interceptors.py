@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import inspect
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
@@ -84,6 +84,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         self._required_scopes = required_scopes
         self._auditor = auditor
         self._max_rpc_seconds = max_rpc_seconds
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler[Any, Any]]] = {}
 
     async def intercept_service(
         self,
@@ -96,9 +97,14 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
+        # Registered handlers are fixed per method, so each is wrapped once, not per call.
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(
             handler, method, exempt=method in UNAUTHENTICATED_METHODS
         )
+        self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     async def _authenticated(self, context: Context) -> Principal:
@@ -247,7 +253,7 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 def _start_request(method: str) -> str:
-    request_id = uuid.uuid4().hex[:16]
+    request_id = os.urandom(8).hex()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id, method=method)
     return request_id
