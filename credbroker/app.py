@@ -306,7 +306,12 @@ async def start_server(
 
 
 async def serve(settings: Settings, *, listen: str | None = None) -> None:
-    """Runs until SIGTERM or SIGINT, then drains and stops. A second signal stops at once."""
+    """Runs until SIGTERM or SIGINT, then drains and stops. A second signal stops at once.
+    A signal that arrives while starting stops the server as soon as it is up."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     keyring = load_keyring(settings)
     backend = await open_backend(settings)
     try:
@@ -320,10 +325,6 @@ async def serve(settings: Settings, *, listen: str | None = None) -> None:
             master_key_ids=sorted(keyring.keys),
             primary_master_key_id=keyring.primary_key_id,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         log.info("shutting down", grace_seconds=settings.shutdown_grace)
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -121,7 +121,9 @@ def _supervise(settings: Settings, count: int) -> int:
             process.join()
             running.remove(process)
             _mark_dead(process.pid)
-            if process.exitcode != 0 or not stopping:
+            # A worker still starting when the stop signal came may die of it: that is a clean stop.
+            stopped_by_us = stopping and process.exitcode in (-signal.SIGTERM, -signal.SIGINT)
+            if (process.exitcode != 0 and not stopped_by_us) or not stopping:
                 failed = True
                 if not stopping:
                     log.error("worker exited; stopping the others", exit_code=process.exitcode)
