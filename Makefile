@@ -36,5 +36,8 @@ check-protos: protos
 	git diff --exit-code -- credbroker/v1
 	test -z "$$(git status --porcelain -- credbroker/v1)"
 
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .credbroker build *.egg-info

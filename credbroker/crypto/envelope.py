@@ -102,6 +102,13 @@ class EnvelopeCipher:
         """
         self._keyring = keyring
         self._random_bytes = random_bytes
+        self._keks: dict[int, AESGCM] = {}  # built on first use of each KEK, then reused
+
+    def _kek(self, key_id: int) -> AESGCM:
+        kek = self._keks.get(key_id)
+        if kek is None:
+            kek = self._keks[key_id] = AESGCM(self._keyring.keys[key_id])
+        return kek
 
     def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
         """Encrypt under a fresh DEK wrapped by the primary KEK.
@@ -194,16 +201,14 @@ class EnvelopeCipher:
         key_id = self._keyring.primary_key_id
         header = _PREFIX + key_id.to_bytes(4, "big")
         nonce = self._random(_NONCE_SIZE)
-        kek = AESGCM(self._keyring.keys[key_id])
-        return header + nonce + kek.encrypt(nonce, dek, header + context)
+        return header + nonce + self._kek(key_id).encrypt(nonce, dek, header + context)
 
     def _unwrap_dek(self, blob: bytes, context: bytes) -> bytes:
         key_id = self.key_id_of(blob)
         if key_id not in self._keyring.keys or key_id < self._keyring.min_decryption_key_id:
             raise UnknownKeyError(key_id)
-        kek = AESGCM(self._keyring.keys[key_id])
         try:
-            return kek.decrypt(
+            return self._kek(key_id).decrypt(
                 blob[_KEY_ID_END:_WRAP_NONCE_END],
                 blob[_WRAP_NONCE_END:_WRAPPED_DEK_END],
                 blob[:_KEY_ID_END] + context,

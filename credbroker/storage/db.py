@@ -35,6 +35,12 @@ class PoolSettings:
     command_timeout: float = 5.0
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool ``reset`` hook: nothing to undo. credbroker sets no session state on pooled
+    connections (no SET, LISTEN or session advisory lock outlives a checkout), so asyncpg's
+    default reset, a round trip on every release, is skipped."""
+
+
 async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
@@ -49,6 +55,7 @@ async def create_pool(dsn: str, settings: PoolSettings) -> asyncpg.Pool:
             max_size=settings.max_size,
             command_timeout=settings.command_timeout,
             init=_init_connection,
+            reset=_keep_session,
             server_settings={
                 "application_name": "credbroker",
                 "statement_timeout": str(int(settings.command_timeout * 1000)),
