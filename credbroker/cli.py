@@ -65,7 +65,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="server processes sharing the port (default: CREDBROKER_WORKERS, else the CPU count)",
+        help="server processes sharing the port "
+        "(default: CREDBROKER_WORKERS, else the CPU count; 1 on port 0)",
     )
     serve_cmd.add_argument(
         "--metrics-listen", help="HOST:PORT for Prometheus metrics (CREDBROKER_METRICS_LISTEN)"
@@ -184,13 +185,16 @@ async def _run(args: argparse.Namespace) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    listen = args.listen or settings.listen
+    # Port 0 (any free port) cannot be shared by several processes: one worker unless asked.
+    default_workers = 1 if listen.endswith(":0") else os.cpu_count() or 1
     overrides = {
-        "listen": args.listen or settings.listen,
+        "listen": listen,
         "reflection": False if args.no_reflection else settings.reflection,
         "tls_cert": args.tls_cert or settings.tls_cert,
         "tls_key": args.tls_key or settings.tls_key,
         "tls_client_ca": args.tls_client_ca or settings.tls_client_ca,
-        "workers": args.workers or settings.workers or os.cpu_count() or 1,
+        "workers": args.workers or settings.workers or default_workers,
         "metrics_listen": args.metrics_listen or settings.metrics_listen,
     }
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
