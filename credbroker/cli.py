@@ -196,6 +196,8 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_client_ca": args.tls_client_ca or settings.tls_client_ca,
         "workers": args.workers or settings.workers or default_workers,
         "metrics_listen": args.metrics_listen or settings.metrics_listen,
+        # Readable logs in dev (workers included) unless a format was chosen explicitly.
+        "log_format": "console" if _dev_console(args) else settings.log_format,
     }
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
     if args.dev:
@@ -314,6 +316,10 @@ async def _keys(args: argparse.Namespace, backend: Backend) -> None:
         print(f"revoked {args.key_id}")
 
 
+def _dev_console(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "dev", False)) and "CREDBROKER_LOG_FORMAT" not in os.environ
+
+
 def _print_invalid_configuration(exc: ValidationError) -> None:
     """One line per problem, naming the variable (flags set the same settings); never values."""
     for error in exc.errors():
@@ -339,8 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         _print_invalid_configuration(exc)
         return 2
-    dev_console = getattr(args, "dev", False) and "CREDBROKER_LOG_FORMAT" not in os.environ
-    configure_logging("console" if dev_console else base.log_format, base.log_level)
+    configure_logging("console" if _dev_console(args) else base.log_format, base.log_level)
     if args.command == "keyring" and args.keyring_command not in {"status", "rewrap"}:
         try:
             print(_edit_keyring(args).to_json())
