@@ -203,7 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.dev:
 
         async def first_key(backend: Backend) -> None:
-            token = await dev.ensure_dev_key(backend, settings, key_service(backend))
+            token = await dev.ensure_dev_key(settings, key_service(backend))
             if token is not None:
                 print("\ncredbroker dev key (saved in the data folder):", file=sys.stderr)
                 print("  " + dev.grpcurl_hint(token, settings.listen) + "\n", file=sys.stderr)

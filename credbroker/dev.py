@@ -13,7 +13,6 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
-from credbroker.bootstrap import Backend
 from credbroker.config import Settings
 from credbroker.crypto import generate_keyring
 from credbroker.domain.errors import AlreadyExistsError
@@ -63,7 +62,7 @@ def prepare(settings: Settings) -> Settings:
     return settings.model_copy(update=updates)
 
 
-async def ensure_dev_key(backend: Backend, settings: Settings, keys: KeyService) -> str | None:
+async def ensure_dev_key(settings: Settings, keys: KeyService) -> str | None:
     """Creates environment ``dev`` and an all-scopes key on first start; returns the new key
     (None when an earlier start already made one, which stays in the data folder)."""
     with contextlib.suppress(AlreadyExistsError):
