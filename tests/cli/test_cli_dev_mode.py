@@ -49,7 +49,7 @@ def _wait_serving(port: int, key: str) -> None:
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 igrpc.IntegrationServiceStub(channel).ListIntegrations(
                     ipb.ListIntegrationsRequest(),
-                    metadata=[("authorization", f"Bearer {key}")],
+                    metadata=(("authorization", f"Bearer {key}"),),
                     timeout=2,
                 )
                 return
