@@ -292,26 +292,23 @@ class ConnectionService:
             raise InvalidArgumentError.single("update_mask", "names no field to update")
         expected_version = _parse_etag(etag)
         self._validate_draft(draft, creating=False, paths=paths)
-        current = await self._repository.get(
+        stored = await self._repository.get_with_secrets(
             principal.environment_id, draft.integration_id, draft.connection_id
         )
-        if current is None:
+        if stored is None:
             if not allow_missing or expected_version is not None:
                 raise _not_found()
             try:
                 return await self.create(principal, draft, skip_verification=skip_verification)
             except AlreadyExistsError:  # created concurrently: update it instead
-                current = await self.get(principal, draft.integration_id, draft.connection_id)
+                stored = await self._stored(principal, draft.integration_id, draft.connection_id)
+        current = stored.connection
         if "credentials" in paths:
             self._check_auth_mode(current.auth_mode, draft.credentials)
         verification = None
         if paths & {"credentials", "connection_config"}:
-            verification = await self._verify_replacement(
-                principal, draft, paths, skip_verification
-            )
-        changes = dataclasses.replace(
-            self._changes(current, draft, paths), verification=verification
-        )
+            verification = await self._verify_replacement(stored, draft, paths, skip_verification)
+        changes = self._changes(current, draft, paths, verification)
         updated = await self._repository.update(
             principal.environment_id, current.id, changes, expected_version=expected_version
         )
@@ -327,7 +324,7 @@ class ConnectionService:
 
     async def _verify_replacement(
         self,
-        principal: Principal,
+        stored: StoredConnection,
         draft: ConnectionDraft,
         paths: frozenset[str],
         skip_verification: bool,
@@ -335,7 +332,6 @@ class ConnectionService:
         """Checks the credentials and config the connection will hold after the update. The
         stored half is decrypted only when the check needs it, so replacing both halves (or
         skipping the check) also repairs a row whose ciphertext no longer authenticates."""
-        stored = await self._stored(principal, draft.integration_id, draft.connection_id)
         provider = self._provider(stored.provider)
         if "connection_config" in paths:
             _check_provider_config(provider, dict(draft.connection_config or {}))
@@ -356,7 +352,11 @@ class ConnectionService:
         )
 
     def _changes(
-        self, current: Connection, draft: ConnectionDraft, paths: frozenset[str]
+        self,
+        current: Connection,
+        draft: ConnectionDraft,
+        paths: frozenset[str],
+        verification: VerificationRecord | None,
     ) -> ConnectionChanges:
         credentials = config = None
         config_keys = None
@@ -375,6 +375,7 @@ class ConnectionService:
             connection_config_keys=config_keys,
             metadata=dict(draft.metadata or {}) if "metadata" in paths else None,
             tags=dict(draft.tags or {}) if "tags" in paths else None,
+            verification=verification,
         )
 
     async def delete(self, principal: Principal, integration_id: str, connection_id: str) -> None:
