@@ -31,20 +31,7 @@ class PostgresAuditLog:
         self._db = db
 
     async def append(self, record: AuditRecord) -> int:
-        event_id = await self._db.fetchval(
-            """INSERT INTO audit_events (request_id, environment_id, environment, key_id, method,
-                   integration_id, connection_id, outcome)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id""",
-            record.request_id,
-            record.principal.environment_id,
-            record.principal.environment_name,
-            record.principal.key_id,
-            record.method,
-            record.integration_id,
-            record.connection_id,
-            record.outcome,
-        )
-        return int(event_id)
+        return (await self.append_many([record]))[0]
 
     async def append_many(self, records: Sequence[AuditRecord]) -> list[int]:
         """Inserts the records in one statement (one commit); ids in the order given."""
