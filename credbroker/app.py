@@ -1,4 +1,5 @@
-"""Composition root: wires storage, crypto, use cases and servicers into a grpc.aio server."""
+"""Composition root: wires storage, crypto and use cases into one admission path, served by a
+grpc.aio server and an HTTP server (uvicorn) in the same event loop."""
 
 from __future__ import annotations
 
@@ -12,14 +13,14 @@ from datetime import timedelta
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from credbroker import metrics
-from credbroker.api.audit import Auditor
+from credbroker.admission import Admission, Auditor, Credential
 from credbroker.api.audit_service import AuditServicer
 from credbroker.api.connections import ConnectionServicer
+from credbroker.api.handlers import GrpcRegistry
 from credbroker.api.integrations import IntegrationServicer
-from credbroker.api.interceptors import ServerInterceptor
 from credbroker.api.scopes import REQUIRED_SCOPES
 from credbroker.bootstrap import (
     Backend,
@@ -40,6 +41,10 @@ from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
 from credbroker.domain.providers import ProviderCatalog, default_catalog
 from credbroker.domain.verification import CredentialVerifier
 from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
+from credbroker.rest import health as http_health
+from credbroker.rest.app import build_app
+from credbroker.rest.endpoints import HttpRoutes
+from credbroker.rest.server import HttpServer, split_address, tls_context
 from credbroker.storage.audit import GroupCommitAuditLog, PostgresAuditLog
 from credbroker.storage.cache import CachingConnectionRepository, CachingSecretKeyRepository
 from credbroker.storage.changes import ChangeListener
@@ -96,11 +101,24 @@ class RunningServer:
     background: list[asyncio.Task[None]]
     probe: HttpCredentialProbe
     listener: ChangeListener | None
+    http: HttpServer | None
+    serving: http_health.ServingState
+    public_url: str
+    """Base URL of the HTTP server in links handed out ("" without an HTTP listener)."""
+
+    @property
+    def http_port(self) -> int:
+        return self.http.port if self.http is not None else 0
 
     async def stop(self, grace: float) -> None:
-        """Drains: health turns NOT_SERVING first, then in-flight RPCs get ``grace`` seconds."""
+        """Drains: health turns NOT_SERVING first, then in-flight calls on both listeners get
+        ``grace`` seconds."""
+        self.serving.serving = False
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        stopping = [self.server.stop(grace)]
+        if self.http is not None:
+            stopping.append(self.http.stop(grace))
+        await asyncio.gather(*stopping)
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -158,7 +176,10 @@ HEALTH_PROBE_SECONDS = 2.0
 
 
 async def _sample_periodically(
-    samplers: list[Callable[[], None]], backend: Backend, health_servicer: health.aio.HealthServicer
+    samplers: list[Callable[[], None]],
+    backend: Backend,
+    health_servicer: health.aio.HealthServicer,
+    state: http_health.ServingState,
 ) -> None:
     """Every few seconds: publish sampled metrics and check the database, turning health
     NOT_SERVING while it is unreachable (and SERVING again once it answers)."""
@@ -185,6 +206,7 @@ async def _sample_periodically(
             serving = healthy
             status = SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
             log.warning("database reachable" if healthy else "database unreachable; NOT_SERVING")
+            state.serving = healthy
             for name in (*SERVICE_NAMES, ""):
                 await health_servicer.set(name, status)
 
@@ -257,43 +279,61 @@ async def start_server(
     audit_log = GroupCommitAuditLog(
         PostgresAuditLog(backend.db), on_batch=metrics.AUDIT_BATCH.observe
     )
+    admission = Admission(
+        {Credential.SECRET_KEY: keys.authenticate},
+        Auditor(audit_log),
+        max_seconds=settings.rpc_timeout,
+        passthrough=(grpc.aio.AbortError,),
+    )
     server = grpc.aio.server(
-        interceptors=[
-            ServerInterceptor(
-                keys.authenticate,
-                REQUIRED_SCOPES,
-                Auditor(audit_log),
-                max_rpc_seconds=settings.rpc_timeout,
-            )
-        ],
         options=_server_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server(
-        IntegrationServicer(integrations), server
+    registry = GrpcRegistry(server, admission, REQUIRED_SCOPES)
+    registry.add(
+        integration_service_pb2_grpc.add_IntegrationServiceServicer_to_server,
+        IntegrationServicer(integrations),
     )
-    connection_service_pb2_grpc.add_ConnectionServiceServicer_to_server(
-        ConnectionServicer(connections), server
+    registry.add(
+        connection_service_pb2_grpc.add_ConnectionServiceServicer_to_server,
+        ConnectionServicer(connections),
     )
-    audit_service_pb2_grpc.add_AuditServiceServicer_to_server(
-        AuditServicer(AuditService(audit_log)), server
+    registry.add(
+        audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
+        AuditServicer(AuditService(audit_log)),
     )
     health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    registry.add(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     if settings.reflection:
-        reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        registry.add(
+            reflection_pb2_grpc.add_ServerReflectionServicer_to_server,
+            reflection.aio.ReflectionServicer(
+                (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME)
+            ),
         )
     address = listen or settings.listen
+    state = http_health.ServingState()
+    http_server = None
+    public_url = ""
     try:
-        port = _add_port(server, settings, address)
-    except (RuntimeError, OSError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
-        raise StartupError(f"cannot listen on {address} (in use or not permitted)") from exc
-    if port == 0:
-        raise StartupError(f"cannot listen on {address}")
+        try:
+            port = _add_port(server, settings, address)
+        except (RuntimeError, OSError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
+            raise StartupError(f"cannot listen on {address} (in use or not permitted)") from exc
+        if port == 0:
+            raise StartupError(f"cannot listen on {address}")
+        if settings.http_listen:
+            http_server, public_url = await _start_http(settings, admission, state)
+    except BaseException:
+        await server.stop(None)
+        await probe.close()
+        if listener is not None:
+            await listener.stop()
+        raise
     await server.start()
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    state.serving = True
     tasks = [asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))]
     if settings.recheck_interval > 0:
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
@@ -301,8 +341,55 @@ async def start_server(
     for name, repository in (("connections", connection_repository), ("keys", key_repository)):
         if isinstance(repository, CachingConnectionRepository | CachingSecretKeyRepository):
             samplers.append(metrics.count_deltas(name, repository.stats))
-    tasks.append(asyncio.create_task(_sample_periodically(samplers, backend, health_servicer)))
-    return RunningServer(server, port, health_servicer, keys, connections, tasks, probe, listener)
+    tasks.append(
+        asyncio.create_task(_sample_periodically(samplers, backend, health_servicer, state))
+    )
+    return RunningServer(
+        server,
+        port,
+        health_servicer,
+        keys,
+        connections,
+        tasks,
+        probe,
+        listener,
+        http_server,
+        state,
+        public_url,
+    )
+
+
+async def _start_http(
+    settings: Settings, admission: Admission, state: http_health.ServingState
+) -> tuple[HttpServer, str]:
+    """Binds and starts the HTTP listener; returns it and the public base URL."""
+    routes = HttpRoutes(admission, max_body_bytes=settings.max_message_bytes)
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            tls = tls_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot load the TLS certificate or key ({exc})") from None
+    http_server = HttpServer(
+        build_app(http_health.routes(routes, state)),
+        settings.http_listen,
+        reuse_port=settings.reuse_port,
+        tls=tls,
+        limit_concurrency=settings.max_concurrent_rpcs,
+    )
+    port = await http_server.start()
+    return http_server, settings.public_url or default_public_url(settings, port)
+
+
+def default_public_url(settings: Settings, port: int) -> str:
+    """``http(s)://HOST:PORT`` of the HTTP listener; a wildcard host becomes localhost."""
+    host, _ = split_address(settings.http_listen)
+    if host in {"0.0.0.0", "::", ""}:  # noqa: S104 - naming the wildcard, not binding it
+        host = "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    scheme = "https" if settings.tls_cert is not None else "http"
+    return f"{scheme}://{host}:{port}"
 
 
 async def serve(settings: Settings, *, listen: str | None = None) -> None:
@@ -320,6 +407,9 @@ async def serve(settings: Settings, *, listen: str | None = None) -> None:
             "serving",
             listen=listen or settings.listen,
             port=running.port,
+            http_listen=settings.http_listen or "off",
+            http_port=running.http_port,
+            public_url=running.public_url,
             reflection=settings.reflection,
             tls="mutual" if settings.tls_client_ca else "on" if settings.tls_cert else "off",
             master_key_ids=sorted(keyring.keys),

@@ -56,9 +56,19 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credbroker", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve_cmd = commands.add_parser("serve", parents=[common], help="run the gRPC server")
+    serve_cmd = commands.add_parser("serve", parents=[common], help="run the gRPC and HTTP servers")
     serve_cmd.add_argument(
         "--listen", help="HOST:PORT (default 127.0.0.1:50051, CREDBROKER_LISTEN)"
+    )
+    serve_cmd.add_argument(
+        "--http-listen",
+        help="HOST:PORT of the HTTP server (default 127.0.0.1:8080, CREDBROKER_HTTP_LISTEN; "
+        "'' turns it off)",
+    )
+    serve_cmd.add_argument(
+        "--public-url",
+        help="base URL of the HTTP server in links it hands out (CREDBROKER_PUBLIC_URL; "
+        "default: from the HTTP listen address)",
     )
     serve_cmd.add_argument("--no-reflection", action="store_true", help="do not serve reflection")
     serve_cmd.add_argument(
@@ -186,10 +196,14 @@ async def _run(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     listen = args.listen or settings.listen
+    http_listen = settings.http_listen if args.http_listen is None else args.http_listen
     # Port 0 (any free port) cannot be shared by several processes: one worker unless asked.
-    default_workers = 1 if listen.endswith(":0") else os.cpu_count() or 1
+    any_port = listen.endswith(":0") or http_listen.endswith(":0")
+    default_workers = 1 if any_port else os.cpu_count() or 1
     overrides = {
         "listen": listen,
+        "http_listen": http_listen,
+        "public_url": args.public_url or settings.public_url,
         "reflection": False if args.no_reflection else settings.reflection,
         "tls_cert": args.tls_cert or settings.tls_cert,
         "tls_key": args.tls_key or settings.tls_key,
@@ -209,6 +223,9 @@ def _serve(args: argparse.Namespace) -> int:
                 print("  " + dev.grpcurl_hint(token, settings.listen) + "\n", file=sys.stderr)
             else:
                 print(f"dev key: {settings.data_dir.resolve() / dev.KEY_FILE}", file=sys.stderr)
+            hint = dev.http_hint(settings)
+            if hint:
+                print(hint, file=sys.stderr)
 
         workers.run(_with_backend(settings, first_key))
     assert settings.workers is not None

@@ -4,8 +4,9 @@ flags overriding them. Secrets (the keyring) are ``SecretStr`` so they never pri
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credbroker.outbound import parse_networks
@@ -15,6 +16,13 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CREDBROKER_", extra="ignore")
 
     listen: str = Field("127.0.0.1:50051", description="host:port the gRPC server binds")
+    http_listen: str = Field(
+        "127.0.0.1:8080", description="host:port the HTTP server binds; empty turns it off"
+    )
+    public_url: str | None = Field(
+        None,
+        description="base URL of the HTTP server in links handed out (default: from http_listen)",
+    )
     database_url: SecretStr | None = Field(None, description="PostgreSQL DSN (postgresql://...)")
     keyring: SecretStr | None = Field(None, description="master keyring JSON")
     keyring_file: Path | None = Field(None, description="path to a file holding the keyring JSON")
@@ -82,11 +90,27 @@ class Settings(BaseSettings):
             raise ValueError("CREDBROKER_TLS_CLIENT_CA needs CREDBROKER_TLS_CERT and _KEY")
         return self
 
-    @field_validator("listen", "metrics_listen")
+    @field_validator("public_url")
     @classmethod
-    def _check_listen(cls, value: str | None) -> str | None:
+    def _check_public_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in {"http", "https"}
+            or not parts.hostname
+            or parts.query
+            or parts.fragment
+            or parts.username is not None
+        ):
+            raise ValueError("must be an http(s) URL without query, e.g. https://broker.example")
+        return value.rstrip("/")
+
+    @field_validator("listen", "metrics_listen", "http_listen")
+    @classmethod
+    def _check_listen(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (value == "" and info.field_name == "http_listen"):
+            return value
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("must be HOST:PORT, for example 127.0.0.1:50051")

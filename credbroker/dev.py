@@ -13,10 +13,12 @@ from typing import Any
 import structlog
 from pydantic import SecretStr
 
+from credbroker.app import default_public_url
 from credbroker.config import Settings
 from credbroker.crypto import generate_keyring
 from credbroker.domain.errors import AlreadyExistsError
 from credbroker.domain.keys import KeyService
+from credbroker.rest.server import split_address
 
 log = structlog.get_logger("credbroker.dev")
 
@@ -80,3 +82,12 @@ def grpcurl_hint(token: str, listen: str) -> str:
         f"grpcurl -plaintext -H 'authorization: Bearer {token}' {listen} "
         "credbroker.v1.IntegrationService/ListIntegrations"
     )
+
+
+def http_hint(settings: Settings) -> str:
+    """Where the HTTP listener answers (empty when it is off or on an ephemeral port)."""
+    if not settings.http_listen or settings.http_listen.endswith(":0"):
+        return ""
+    port = split_address(settings.http_listen)[1]
+    base = settings.public_url or default_public_url(settings, port)
+    return f"HTTP: {base} (health: {base}/healthz)"

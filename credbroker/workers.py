@@ -1,10 +1,11 @@
 """Running the server: one process on uvloop, or ``--workers N`` processes sharing one port.
 
-Each worker is a full server (own pool, caches and change listener) bound with SO_REUSEPORT,
-so the kernel spreads connections across them; caches stay coherent through PostgreSQL change
-announcements. The supervising process checks the keyring and the database once before
-spawning (fail closed), serves the aggregated metrics, forwards SIGTERM/SIGINT for a graceful
-drain, and exits non-zero if a worker dies on its own so an orchestrator restarts the lot.
+Each worker is a full server (own pool, caches and change listener) bound with SO_REUSEPORT on
+both the gRPC and the HTTP port, so the kernel spreads connections across them; caches stay
+coherent through PostgreSQL change announcements. The supervising process checks the keyring
+and the database once before spawning (fail closed), serves the aggregated metrics, forwards
+SIGTERM/SIGINT for a graceful drain, and exits non-zero if a worker dies on its own so an
+orchestrator restarts the lot.
 """
 
 from __future__ import annotations
@@ -44,9 +45,11 @@ def run_server(settings: Settings, *, workers: int = 1, metrics_listen: str | No
             metrics.serve_metrics(metrics_listen, multiprocess_mode=False)
         run(serve(settings))
         return 0
-    if settings.listen.endswith(":0"):
-        raise StartupError("--workers needs a fixed port (workers share it with SO_REUSEPORT)")
-    _check_port_free(settings.listen)
+    addresses = [settings.listen, *([settings.http_listen] if settings.http_listen else [])]
+    if any(address.endswith(":0") for address in addresses):
+        raise StartupError("--workers needs fixed ports (workers share them with SO_REUSEPORT)")
+    for address in addresses:
+        _check_port_free(address)
     run(_preflight(settings))
     metrics.prepare_multiprocess()
     if metrics_listen:

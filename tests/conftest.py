@@ -100,6 +100,7 @@ def make_settings(url: str, ring: Keyring, **overrides: object) -> Settings:
         "database_url": url,
         "keyring": ring.to_json(),
         "listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "db_pool_min": 1,
         "db_pool_max": 10,
         "verify_credentials": False,  # no internet here; verification tests use a fake provider

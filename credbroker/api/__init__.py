@@ -1,1 +1,2 @@
-"""gRPC transport: servicers, interceptors, and the table mapping domain errors to status codes."""
+"""gRPC transport: servicers, the adapter registering them behind the admission path
+(:mod:`.handlers`), and the gRPC form of the error table (:mod:`.errors`)."""

@@ -1,25 +1,13 @@
-"""Which calls are audited, and recording them around the handler.
-
-* Mutating calls are recorded *before* they run (outcome ``UNFINISHED``); if that record cannot
-  be written the call fails with UNAVAILABLE and changes nothing. The outcome is filled in after.
-* ``AccessCredentials`` is recorded *after* it succeeds and *before* the response leaves; if the
-  record cannot be written the secret is not released (UNAVAILABLE).
-* Failed calls of either kind are recorded on a best-effort basis.
-"""
+"""Which gRPC methods are audited, and the ids their messages name (the recording itself is
+transport-neutral: :mod:`credbroker.admission.audit`)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
 
-import structlog
-
-from credbroker.domain.audit import UNFINISHED, AuditLog, AuditRecord
-from credbroker.domain.errors import UnavailableError
-from credbroker.domain.models import Principal
+from credbroker.admission.audit import Audit
 from credbroker.domain.validation import CONNECTION_ID_PATTERN, INTEGRATION_ID_PATTERN
-
-log = structlog.get_logger("credbroker.audit")
 
 _INTEGRATIONS = "/credbroker.v1.IntegrationService/"
 _CONNECTIONS = "/credbroker.v1.ConnectionService/"
@@ -36,6 +24,14 @@ MUTATING_METHODS = frozenset(
         _CONNECTIONS + "VerifyConnection",
     }
 )
+
+
+def audit_rule(method: str) -> Audit:
+    if method in REVEAL_METHODS:
+        return Audit.REVEAL
+    if method in MUTATING_METHODS:
+        return Audit.MUTATION
+    return Audit.NONE
 
 
 INVALID_ID = "<invalid>"
@@ -58,77 +54,6 @@ def resource_ids(message: Any) -> tuple[str, str]:
     )
 
 
-class Auditor:
-    def __init__(self, audit_log: AuditLog) -> None:
-        self._log = audit_log
-
-    @staticmethod
-    def is_audited(method: str) -> bool:
-        return method in MUTATING_METHODS or method in REVEAL_METHODS
-
-    def _record(
-        self, request_id: str, principal: Principal, method: str, request: Any, outcome: str
-    ) -> AuditRecord:
-        integration_id, connection_id = resource_ids(request)
-        return AuditRecord(request_id, principal, method, integration_id, connection_id, outcome)
-
-    async def before(
-        self, request_id: str, principal: Principal, method: str, request: Any
-    ) -> int | None:
-        """Records a mutating call before it runs; raises UnavailableError if it cannot."""
-        if method not in MUTATING_METHODS:
-            return None
-        return await self._append_or_refuse(
-            self._record(request_id, principal, method, request, UNFINISHED)
-        )
-
-    async def succeeded(
-        self,
-        event_id: int | None,
-        request_id: str,
-        principal: Principal,
-        method: str,
-        request: Any,
-        response: Any,
-    ) -> None:
-        """Records success; for reveals this must succeed before the response is released."""
-        if method in REVEAL_METHODS:
-            await self._append_or_refuse(self._record(request_id, principal, method, request, "OK"))
-        elif event_id is not None:
-            await self._finish(event_id, "OK", resource_ids(response)[1])
-
-    async def failed(
-        self,
-        event_id: int | None,
-        request_id: str,
-        principal: Principal,
-        method: str,
-        request: Any,
-        outcome: str,
-    ) -> None:
-        """Records a failure, best effort: the caller already gets an error."""
-        try:
-            if event_id is not None:
-                await self._log.set_outcome(event_id, outcome, "")
-            elif self.is_audited(method):
-                await self._log.append(
-                    self._record(request_id, principal, method, request, outcome)
-                )
-        except Exception as exc:  # noqa: BLE001 - best effort by design; logged for operators
-            log.error("audit record failed", outcome=outcome, error_type=type(exc).__name__)
-
-    async def _append_or_refuse(self, record: AuditRecord) -> int:
-        """Appends, or raises UnavailableError whatever the cause: no record, no service."""
-        try:
-            return await self._log.append(record)
-        except Exception as exc:  # noqa: BLE001 - any failure to record refuses the call
-            log.error("audit record failed; refusing the call", error_type=type(exc).__name__)
-            raise UnavailableError("the audit trail cannot be written") from None
-
-    async def _finish(self, event_id: int, outcome: str, connection_id: str) -> None:
-        try:
-            await self._log.set_outcome(event_id, outcome, connection_id)
-        except Exception as exc:  # noqa: BLE001 - the change is done and recorded as UNFINISHED
-            log.error(
-                "audit outcome not recorded", event_id=event_id, error_type=type(exc).__name__
-            )
+def created_connection_id(response: Any) -> str:
+    """The connection id a response names (a generated one for CreateConnection)."""
+    return resource_ids(response)[1]

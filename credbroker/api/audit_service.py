@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from credbroker.admission import current_principal
 from credbroker.api.convert import timestamp
-from credbroker.api.interceptors import current_principal
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.audit import AuditEvent, AuditService
 from credbroker.domain.errors import InvalidArgumentError
 from credbroker.v1 import audit_service_pb2 as pb
 from credbroker.v1 import audit_service_pb2_grpc as pb_grpc
 
-Context = Any  # grpc.aio.ServicerContext; the interceptor handles every failure path
+Context = Any  # grpc.aio.ServicerContext; admission (api.handlers) handles every failure path
 
 
 def _event_to_proto(event: AuditEvent) -> pb.AuditEvent:

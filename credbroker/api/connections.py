@@ -6,6 +6,7 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
+from credbroker.admission import current_principal
 from credbroker.api.convert import (
     AUTH_MODE_TO_PROTO,
     VERIFICATION_STATE_FROM_PROTO,
@@ -14,7 +15,6 @@ from credbroker.api.convert import (
     credentials_to_proto,
     struct_to_dict,
 )
-from credbroker.api.interceptors import current_principal
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.connections import UPDATABLE_PATHS, ConnectionDraft, ConnectionService
 from credbroker.domain.errors import InvalidArgumentError
@@ -22,7 +22,7 @@ from credbroker.v1 import connection_service_pb2 as pb
 from credbroker.v1 import connection_service_pb2_grpc as pb_grpc
 from credbroker.v1 import resources_pb2
 
-Context = Any  # grpc.aio.ServicerContext; the interceptor handles every failure path
+Context = Any  # grpc.aio.ServicerContext; admission (api.handlers) handles every failure path
 
 
 def _draft(connection: resources_pb2.Connection) -> ConnectionDraft:

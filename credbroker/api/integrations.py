@@ -6,8 +6,8 @@ from typing import Any
 
 from google.protobuf import empty_pb2
 
+from credbroker.admission import current_principal
 from credbroker.api.convert import AUTH_MODE_FROM_PROTO, integration_to_proto, provider_to_proto
-from credbroker.api.interceptors import current_principal
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.errors import InvalidArgumentError
 from credbroker.domain.integrations import IntegrationDraft, IntegrationService
@@ -15,7 +15,7 @@ from credbroker.v1 import integration_service_pb2 as pb
 from credbroker.v1 import integration_service_pb2_grpc as pb_grpc
 from credbroker.v1 import resources_pb2
 
-Context = Any  # grpc.aio.ServicerContext; the interceptor handles every failure path
+Context = Any  # grpc.aio.ServicerContext; admission (api.handlers) handles every failure path
 
 
 class IntegrationServicer(pb_grpc.IntegrationServiceServicer):

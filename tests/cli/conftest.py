@@ -26,7 +26,15 @@ def base_env() -> dict[str, str]:
     """The current environment without any CREDBROKER_* settings (tests add their own)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDBROKER_")}
     env["CREDBROKER_LOG_FORMAT"] = "json"
+    # Never the default 127.0.0.1:8080: other test runs share the machine.
+    env["CREDBROKER_HTTP_LISTEN"] = f"127.0.0.1:{_unused_port()}"
     return env
+
+
+def _unused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

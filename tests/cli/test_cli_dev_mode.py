@@ -34,7 +34,17 @@ def _start(data_dir: Path, port: int) -> subprocess.Popen[str]:
     env["CREDBROKER_DATA_DIR"] = str(data_dir)
     env["CREDBROKER_VERIFY_CREDENTIALS"] = "false"
     return subprocess.Popen(
-        [str(CREDBROKER), "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--workers", "1"],
+        [
+            str(CREDBROKER),
+            "serve",
+            "--dev",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ],
         env=env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from credbroker.crypto import Keyring, generate_keyring
@@ -179,3 +180,32 @@ def test_serve_on_a_port_in_use_fails_with_a_clear_message(run_cli: Any) -> None
     assert result.returncode != 0
     assert f"127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+def test_serve_workers_share_the_http_port_and_never_log_query_strings(
+    credbroker_executable: Path, cli_env: dict[str, str], free_port: int, tmp_path: Path
+) -> None:
+    """Two workers serve /healthz on one HTTP port (SO_REUSEPORT, like gRPC); at log level
+    debug, a token in a query string appears in no log line, then SIGTERM drains both."""
+    http_address = cli_env["CREDBROKER_HTTP_LISTEN"]
+    env = {**cli_env, "CREDBROKER_LOG_LEVEL": "debug", "CREDBROKER_WORKERS": "2"}
+    secret = "cbcs_" + "QueryStringCanary" * 3
+    process, log = _start(credbroker_executable, env, free_port, tmp_path)
+    try:
+        _wait_serving(process, free_port, log)
+        with httpx.Client(base_url=f"http://{http_address}", timeout=5) as client:
+            for path in ("/healthz", "/no-such-route", "/connect/session"):
+                response = client.get(f"{path}?connect_session_token={secret}&x={secret}")
+                assert response.status_code in {200, 401, 404}, response.text
+                assert response.headers["cache-control"] == "no-store"
+            assert client.get("/healthz").json() == {"status": "SERVING"}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        _stop(process)
+    output = log.read_text()
+    assert '"workers": 2' in output or "workers=2" in output, output[-2000:]
+    assert output.count('"serving"') >= 2 or output.count("serving ") >= 2, output[-2000:]
+    assert secret not in output
+    assert "QueryStringCanary" not in output
+    assert not _port_open(int(http_address.rpartition(":")[2]))

@@ -648,6 +648,7 @@ async def test_canaries_appear_only_in_access_credentials(
                 "database_url": url,
                 "keyring": keyring.to_json(),
                 "listen": "127.0.0.1:0",
+                "http_listen": "127.0.0.1:0",
                 "db_pool_min": 1,
                 "db_pool_max": 5,
                 "log_level": "debug",
@@ -694,12 +695,16 @@ async def test_canaries_absent_from_production_logs(
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.bind(("127.0.0.1", 0))
                 port = int(sock.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                http_port = int(sock.getsockname()[1])
             env = {k: v for k, v in os.environ.items() if not k.startswith("CREDBROKER_")}
             env.update(
                 CREDBROKER_DATABASE_URL=url,
                 CREDBROKER_KEYRING_FILE=str(keyring_file),
                 CREDBROKER_LOG_FORMAT="json",
                 CREDBROKER_LOG_LEVEL="debug",
+                CREDBROKER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
             )
             env.update(NO_OUTBOUND_ENV)
             process = await asyncio.create_subprocess_exec(
@@ -780,6 +785,7 @@ async def test_credentials_do_not_leave_without_credentials_read(admin_database_
                     "database_url": url,
                     "keyring": keyring.to_json(),
                     "listen": "127.0.0.1:0",
+                    "http_listen": "127.0.0.1:0",
                     "db_pool_min": 1,
                     "verify_credentials": True,
                     "outbound_allow": "127.0.0.1/32",

@@ -257,6 +257,7 @@ async def test_postgres_restart_under_load(private_postgres: PrivatePostgres) ->
             "database_url": postgres.uri,
             "keyring": keyring.to_json(),
             "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
             "db_pool_min": 2,
             "db_pool_max": 10,
             **NO_OUTBOUND,

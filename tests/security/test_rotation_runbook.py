@@ -77,6 +77,7 @@ def _settings(database_url: str, keyring: Keyring, **overrides: object) -> Setti
         "database_url": database_url,
         "keyring": keyring.to_json(),
         "listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "db_pool_min": 1,
         "db_pool_max": 20,
         **NO_OUTBOUND,

@@ -68,6 +68,7 @@ def _settings(database_url: str, keyring: Keyring, **overrides: object) -> Setti
         "database_url": database_url,
         "keyring": keyring.to_json(),
         "listen": "127.0.0.1:0",
+        "http_listen": "127.0.0.1:0",
         "db_pool_min": 1,
         "db_pool_max": 10,
         **NO_OUTBOUND,
@@ -83,6 +84,7 @@ def _with_database(url: str, name: str) -> str:
 def _base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDBROKER_")}
     env["CREDBROKER_LOG_FORMAT"] = "json"
+    env["CREDBROKER_HTTP_LISTEN"] = f"127.0.0.1:{_free_port()}"
     env.update(NO_OUTBOUND_ENV)
     return env
 

@@ -397,3 +397,53 @@ def test_tls_complete_settings_are_accepted(
     )
     assert settings.tls_cert == pki.server.cert_path
     assert settings.tls_client_ca == pki.ca.cert_path
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP listener: the same TLS settings apply
+
+
+def _https(pki: Pki, *, client: Issued | None = None, ca: Issued | None = None) -> Any:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str((ca or pki.ca).cert_path))
+    if client is not None:
+        context.load_cert_chain(str(client.cert_path), str(client.key_path))
+    return context
+
+
+async def test_http_listener_serves_tls_with_the_same_certificate(
+    tls_server: RunningServer, pki: Pki
+) -> None:
+    import httpx
+
+    assert tls_server.public_url == f"https://127.0.0.1:{tls_server.http_port}"
+    async with httpx.AsyncClient(verify=_https(pki)) as client:
+        response = await client.get(f"{tls_server.public_url}/healthz")
+    assert response.status_code == 200
+    assert response.http_version == "HTTP/1.1"
+
+
+async def test_http_listener_refuses_plaintext_and_foreign_cas(
+    tls_server: RunningServer, pki: Pki
+) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(httpx.TransportError):
+            await client.get(f"http://127.0.0.1:{tls_server.http_port}/healthz")
+    async with httpx.AsyncClient(verify=_https(pki, ca=pki.other_ca)) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"{tls_server.public_url}/healthz")
+
+
+async def test_http_listener_mutual_tls(mtls_server: RunningServer, pki: Pki) -> None:
+    import httpx
+
+    url = f"https://127.0.0.1:{mtls_server.http_port}/healthz"
+    async with httpx.AsyncClient(verify=_https(pki, client=pki.client)) as client:
+        assert (await client.get(url)).status_code == 200
+    for refused in (None, pki.other_client):
+        async with httpx.AsyncClient(verify=_https(pki, client=refused)) as client:
+            with pytest.raises(httpx.TransportError):
+                await client.get(url)

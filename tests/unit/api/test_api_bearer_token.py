@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from credbroker.api.interceptors import bearer_token
+from credbroker.api.handlers import bearer_token
 
 TOKEN = "cbsk_0123456789abcdef_" + "x" * 49
 

@@ -1,0 +1,215 @@
+"""Admission of one call, whatever the transport: request id and log context, authentication,
+scope check, request decoding, audit (before/after, fail closed), the server-side deadline,
+metrics and the mapping of every failure to a :class:`~credbroker.admission.errors.Failure`.
+
+A transport builds one :class:`Operation` per callable thing (a gRPC method, an HTTP route) when
+it registers it, then for each call hands :meth:`Admission.run` the operation, the presented
+token, the request and its handler. ``run`` returns the handler's response or raises
+:class:`~credbroker.admission.errors.Refused`, which the transport turns into its wire format
+(``credbroker.api.errors``, ``credbroker.rest.errors``). Handlers read the caller with
+:func:`current_principal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import os
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from credbroker import metrics
+from credbroker.admission import errors
+from credbroker.admission.audit import Audit, Auditor, CreatedId, ResourceIds
+from credbroker.admission.audit import no_created_id as _no_created_id
+from credbroker.admission.audit import no_resources as _no_resources
+from credbroker.domain.models import Principal, Scope
+
+log = structlog.get_logger("credbroker.api")
+
+_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("credbroker_principal")
+
+Authenticator = Callable[[str], Awaitable[Principal | None]]
+Handler = Callable[[Any, Any], Awaitable[Any]]
+
+
+def current_principal() -> Principal:
+    """The caller of the current call (set by :meth:`Admission.run` before the handler runs)."""
+    return _principal.get()
+
+
+class Credential(enum.Enum):
+    """What a caller presents to be admitted to an operation, and the reason given when it is
+    refused (the message is the same for all of them)."""
+
+    NONE = ("none", "")
+    SECRET_KEY = ("secret_key", "UNAUTHENTICATED")
+    SESSION_TOKEN = ("session_token", "UNKNOWN_CONNECT_SESSION_TOKEN")
+
+    def __init__(self, label: str, refusal_reason: str) -> None:
+        self.label = label
+        self.refusal_reason = refusal_reason
+
+
+def _identity(request: Any) -> Any:
+    return request
+
+
+@dataclass(eq=False)
+class Operation:
+    """One callable thing, resolved once at registration: what admits a caller to it, the scope
+    it needs, how it is audited, and its metric children.
+
+    ``scope`` None means no scope grants it (always PERMISSION_DENIED) unless ``any_scope``.
+    ``decode`` turns the transport's request into the handler's (raising InvalidArgumentError);
+    it runs after authentication, so unauthenticated callers learn nothing about parsing.
+    """
+
+    name: str
+    credential: Credential
+    scope: Scope | None = None
+    any_scope: bool = False
+    audit: Audit = Audit.NONE
+    resources: ResourceIds = _no_resources
+    created: CreatedId = _no_created_id
+    decode: Callable[[Any], Any] = _identity
+    _seconds: Any = field(init=False, repr=False)
+    _counts: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._seconds = metrics.RPC_SECONDS.labels(self.name)
+        self._counts = {"OK": metrics.RPCS.labels(self.name, "OK")}
+
+    def _finished(self, code: str, seconds: float) -> None:
+        counter = self._counts.get(code)
+        if counter is None:
+            counter = self._counts[code] = metrics.RPCS.labels(self.name, code)
+        counter.inc()
+        self._seconds.observe(seconds)
+
+
+class Admission:
+    """Shared by every transport of one server. ``passthrough`` exceptions (a transport's own
+    way of ending a call, e.g. grpc's AbortError) are re-raised untouched."""
+
+    def __init__(
+        self,
+        authenticators: Mapping[Credential, Authenticator],
+        auditor: Auditor,
+        *,
+        max_seconds: float,
+        passthrough: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._authenticators = dict(authenticators)
+        self._auditor = auditor
+        self._max_seconds = max_seconds
+        self._passthrough = passthrough
+
+    @property
+    def auditor(self) -> Auditor:
+        return self._auditor
+
+    async def _authenticated(
+        self, op: Operation, token: str | None, absent_reason: str
+    ) -> Principal:
+        authenticate = self._authenticators.get(op.credential)
+        principal = None
+        if token is not None and authenticate is not None:
+            principal = await authenticate(token)
+        if principal is None:
+            reason = op.credential.refusal_reason if token is not None else absent_reason
+            log.info("rpc rejected", code="UNAUTHENTICATED")
+            raise errors.Refused(errors.unauthenticated(reason or "UNAUTHENTICATED"))
+        structlog.contextvars.bind_contextvars(
+            key_id=principal.key_id, environment=principal.environment_name
+        )
+        return principal
+
+    @staticmethod
+    def _authorize(op: Operation, principal: Principal) -> None:
+        if not op.any_scope and (op.scope is None or op.scope not in principal.scopes):
+            # An operation without a scope is denied, never allowed.
+            scope_name = op.scope.value if op.scope else "none"
+            log.info("rpc rejected", code="PERMISSION_DENIED", scope=scope_name)
+            raise errors.Refused(errors.permission_denied(scope_name))
+        _principal.set(principal)
+
+    async def admit(
+        self, op: Operation, token: str | None, *, absent_reason: str = "UNAUTHENTICATED"
+    ) -> Principal:
+        """Authenticates and authorizes only (for streams); raises Refused, or whatever the
+        authenticator raised (map it with :func:`~credbroker.admission.errors.failure_for`)."""
+        principal = await self._authenticated(op, token, absent_reason)
+        self._authorize(op, principal)
+        return principal
+
+    async def run(
+        self,
+        op: Operation,
+        token: str | None,
+        request: Any,
+        context: Any,
+        handler: Handler,
+        *,
+        remaining: float | None = None,
+        absent_reason: str = "UNAUTHENTICATED",
+    ) -> Any:
+        """Admits the caller, runs ``handler(request, context)`` and returns its response, or
+        raises Refused. ``remaining`` is the client's own deadline in seconds, if any."""
+        request_id = start_request(op.name)
+        principal: Principal | None = None
+        event_id: int | None = None
+        resources = ("", "")
+        started = time.perf_counter()
+        code = "OK"
+        deadline = self._max_seconds if remaining is None else min(remaining, self._max_seconds)
+        try:
+            async with asyncio.timeout(deadline):
+                if op.credential is Credential.NONE:
+                    return await handler(op.decode(request), context)
+                principal = await self._authenticated(op, token, absent_reason)
+                self._authorize(op, principal)
+                request = op.decode(request)
+                if op.audit is Audit.NONE:
+                    return await handler(request, context)
+                resources = op.resources(request)
+                event_id = await self._auditor.before(
+                    op.audit, request_id, principal, op.name, resources
+                )
+                response = await handler(request, context)
+                await self._auditor.succeeded(
+                    op.audit,
+                    event_id,
+                    request_id,
+                    principal,
+                    op.name,
+                    resources,
+                    op.created(response),
+                )
+                return response
+        except Exception as error:  # last-resort mapping (re-raises passthrough exceptions)
+            if self._passthrough and isinstance(error, self._passthrough):
+                code = "HANDLER_ABORT"
+                raise
+            failure = errors.failure_for(error, request_id)
+            code = failure.code.label
+            if principal is not None and op.audit is not Audit.NONE:
+                await self._auditor.failed(
+                    op.audit, event_id, request_id, principal, op.name, resources, code
+                )
+            raise errors.Refused(failure) from None
+        finally:
+            op._finished(code, time.perf_counter() - started)
+
+
+def start_request(name: str) -> str:
+    """A new request id, and a fresh log context naming it and the operation."""
+    request_id = os.urandom(8).hex()
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id, method=name)
+    return request_id

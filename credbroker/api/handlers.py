@@ -1,0 +1,192 @@
+"""The gRPC adapter of the admission path: every servicer is registered through
+:class:`GrpcRegistry`, which wraps each of its method handlers once, at registration, so that each
+call goes through :meth:`credbroker.admission.Admission.run` (no grpc interceptor, nothing built
+per call). A wrapped handler keeps the method's cardinality and serializers; its request parser
+never raises: an unparsable request reaches admission as ``UNDECODABLE`` and is refused there,
+after authentication, with INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from credbroker.admission import (
+    Admission,
+    Credential,
+    Operation,
+    Refused,
+    failure_for,
+    start_request,
+)
+from credbroker.api import errors
+from credbroker.api.audit import audit_rule, created_connection_id, resource_ids
+from credbroker.domain.errors import InvalidArgumentError
+from credbroker.domain.models import Scope
+
+# Methods callable without a key: exact full names only (no prefixes, no case folding).
+UNAUTHENTICATED_METHODS = frozenset(
+    {"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch", "/grpc.health.v1.Health/List"}
+)
+# Methods any valid key may call, whatever its scopes.
+ANY_SCOPE_METHODS = frozenset({"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"})
+
+Context = grpc.aio.ServicerContext[Any, Any]
+AddToServer = Callable[[Any, Any], None]
+
+
+def bearer_token(metadata: Any) -> str | None:
+    """The token of the single ``authorization: Bearer <token>`` entry; None if absent,
+    duplicated or malformed. Never ``dict(metadata)``: that would let the last duplicate win."""
+    values = [value for key, value in (metadata or ()) if key == "authorization"]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return None
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "bearer" or not token or " " in token:
+        return None
+    return token
+
+
+class _Undecodable:
+    """Stands for a request message that failed to parse."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - any parse failure is refused later, after auth
+            return UNDECODABLE
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if request is UNDECODABLE:
+        raise InvalidArgumentError.single("request", "is not a valid message for this method")
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
+
+
+class _Recorder:
+    """Stands in for the server while a generated ``add_*_to_server`` runs, to learn its
+    method handlers."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, Mapping[str, Any]] = {}
+        self.generic = 0
+
+    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
+        self.generic += 1  # the same handlers also arrive through the registered form below
+
+    def add_registered_method_handlers(self, service: str, handlers: Mapping[str, Any]) -> None:
+        self.services[service] = handlers
+
+
+class GrpcRegistry:
+    """Registers servicers on ``server`` with every method handler admitted by ``admission``;
+    ``required_scopes`` maps full method names to their scope (absent: denied)."""
+
+    def __init__(
+        self, server: grpc.aio.Server, admission: Admission, required_scopes: Mapping[str, Scope]
+    ) -> None:
+        self._server = server
+        self._admission = admission
+        self._scopes = required_scopes
+
+    def add(self, add_to_server: AddToServer, servicer: Any) -> None:
+        recorder = _Recorder()
+        add_to_server(servicer, recorder)
+        if recorder.generic != len(recorder.services):
+            raise RuntimeError("a servicer registered handlers this registry cannot wrap")
+        for service, handlers in recorder.services.items():
+            wrapped = {
+                name: self._wrap(handler, f"/{service}/{name}")
+                for name, handler in handlers.items()
+            }
+            self._server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(service, wrapped),)
+            )
+            self._server.add_registered_method_handlers(service, wrapped)
+
+    def operation(self, method: str) -> Operation:
+        if method in UNAUTHENTICATED_METHODS:
+            return Operation(method, Credential.NONE, decode=_checked)
+        return Operation(
+            method,
+            Credential.SECRET_KEY,
+            scope=self._scopes.get(method),
+            any_scope=method in ANY_SCOPE_METHODS,
+            audit=audit_rule(method),
+            resources=resource_ids,
+            created=created_connection_id,
+            decode=_checked,
+        )
+
+    def _wrap(self, handler: Any, method: str) -> Any:
+        """A copy of ``handler`` (a grpc RpcMethodHandler namedtuple) whose behavior admits the
+        caller first; same cardinality and serializers."""
+        op = self.operation(method)
+        handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+        if handler.response_streaming:
+            return self._wrap_streaming(handler, op)
+        behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+        run = self._admission.run
+
+        async def unary(request: Any, context: Context) -> Any:
+            try:
+                return await run(
+                    op,
+                    bearer_token(context.invocation_metadata()),
+                    request,
+                    context,
+                    behavior,
+                    remaining=context.time_remaining(),
+                )
+            except Refused as refused:
+                await errors.abort(context, refused.failure)
+
+        field = "stream_unary" if handler.request_streaming else "unary_unary"
+        return handler._replace(**{field: unary})
+
+    def _wrap_streaming(self, handler: Any, op: Operation) -> Any:
+        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        admission = self._admission
+        exempt = op.credential is Credential.NONE
+
+        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+            request_id = start_request(op.name)
+            try:
+                if not exempt:
+                    await admission.admit(op, bearer_token(context.invocation_metadata()))
+                request = (
+                    _checked_stream(request) if handler.request_streaming else _checked(request)
+                )
+                result = behavior(request, context)
+                if inspect.isawaitable(result):  # a handler that streams with context.write()
+                    await result
+                    return
+                async for response in result:
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except Refused as refused:
+                await errors.abort(context, refused.failure)
+            except Exception as error:  # noqa: BLE001 - last-resort mapping
+                await errors.abort(context, failure_for(error, request_id))
+
+        field = "stream_stream" if handler.request_streaming else "unary_stream"
+        return handler._replace(**{field: streaming})
