@@ -31,6 +31,7 @@ protos: install
 	  --python_out=. --grpc_python_out=. --mypy_out=. --mypy_grpc_out=async_only:. \
 	  protos/credbroker/v1/*.proto
 	rm -f credbroker/v1/resources_pb2_grpc.py credbroker/v1/resources_pb2_grpc.pyi  # no services in resources.proto
+	rm -f credbroker/v1/events_pb2_grpc.py credbroker/v1/events_pb2_grpc.pyi  # nor in events.proto
 
 check-protos: protos
 	git diff --exit-code -- credbroker/v1

@@ -8,7 +8,7 @@ import contextlib
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
 import structlog
@@ -35,6 +35,7 @@ from credbroker.crypto import EnvelopeCipher, Keyring
 from credbroker.domain.audit import AuditService
 from credbroker.domain.connections import ConnectionService
 from credbroker.domain.errors import DomainError
+from credbroker.domain.events import ConnectionEventService, WatchLimits
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
 from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
@@ -53,6 +54,7 @@ from credbroker.storage.environments import (
     PostgresEnvironmentRepository,
     PostgresSecretKeyRepository,
 )
+from credbroker.storage.events import EventHub, PostgresEventStore
 from credbroker.storage.integrations import PostgresIntegrationRepository
 from credbroker.storage.master_keys import PostgresMasterKeyRepository
 from credbroker.v1 import (
@@ -105,6 +107,7 @@ class RunningServer:
     serving: http_health.ServingState
     public_url: str
     """Base URL of the HTTP server in links handed out ("" without an HTTP listener)."""
+    event_hub: EventHub | None = None
 
     @property
     def http_port(self) -> int:
@@ -112,7 +115,9 @@ class RunningServer:
 
     async def stop(self, grace: float) -> None:
         """Drains: health turns NOT_SERVING first, then in-flight calls on both listeners get
-        ``grace`` seconds."""
+        ``grace`` seconds (Watch streams end at once, telling clients to resume elsewhere)."""
+        if self.event_hub is not None:
+            self.event_hub.close()
         self.serving.serving = False
         await self.health.enter_graceful_shutdown()
         stopping = [self.server.stop(grace)]
@@ -213,6 +218,34 @@ async def _sample_periodically(
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 RECHECK_LOCK_KEY = 0x63627276  # "cbrv": one background re-check runner across all servers
+CLEANUP_LOCK_KEY = 0x63626370  # "cbcp": one event-retention runner across all servers
+CLEANUP_BATCH = 1000
+
+
+async def _clean_up_events_periodically(backend: Backend, settings: Settings) -> None:
+    """Every ``event_cleanup_interval``, the server holding the advisory lock deletes events
+    older than ``event_retention`` (with their webhook deliveries), in batches."""
+    store = PostgresEventStore(backend.db)
+    while True:
+        await asyncio.sleep(settings.event_cleanup_interval)
+        try:
+            async with backend.db.connection() as lock_connection:
+                if not await lock_connection.fetchval(
+                    "SELECT pg_try_advisory_lock($1)", CLEANUP_LOCK_KEY
+                ):
+                    continue
+                try:
+                    cutoff = datetime.now(UTC) - timedelta(seconds=settings.event_retention)
+                    deleted, total = CLEANUP_BATCH, 0
+                    while deleted == CLEANUP_BATCH:
+                        deleted = await store.purge(cutoff, CLEANUP_BATCH)
+                        total += deleted
+                    if total:
+                        log.info("deleted expired connection events", count=total)
+                finally:
+                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", CLEANUP_LOCK_KEY)
+        except Exception as exc:  # noqa: BLE001 - a failed round is retried next interval
+            log.warning("event clean-up failed", error_type=type(exc).__name__)
 
 
 async def _recheck_periodically(
@@ -251,13 +284,15 @@ async def start_server(
     binding when the keyring does not fit the stored data."""
     await verify_master_keys(backend.db, keyring)
     catalog = catalog or default_catalog()
-    listener: ChangeListener | None = None
     connection_repository: ConnectionRepository = PostgresConnectionRepository(backend.db)
     key_repository: SecretKeyRepository = PostgresSecretKeyRepository(backend.db)
+    assert settings.database_url is not None
+    # Change announcements wake Watch streams (and the webhook dispatcher) and keep caches
+    # coherent.
+    listener = ChangeListener(settings.database_url.get_secret_value())
+    await listener.start()
+    event_hub = EventHub(listener)
     if settings.cache_ttl > 0:
-        assert settings.database_url is not None
-        listener = ChangeListener(settings.database_url.get_secret_value())
-        await listener.start()
         connection_repository = CachingConnectionRepository(
             connection_repository, listener, ttl=settings.cache_ttl, size=settings.cache_size
         )
@@ -276,6 +311,15 @@ async def start_server(
         CredentialVerifier(probe if settings.verify_credentials else None),
     )
     keys = KeyService(PostgresEnvironmentRepository(backend.db), key_repository)
+    events = ConnectionEventService(
+        PostgresEventStore(backend.db),
+        event_hub,
+        WatchLimits(
+            per_key=settings.watch_streams_per_key,
+            total=settings.watch_max_streams,
+            heartbeat_seconds=settings.watch_heartbeat,
+        ),
+    )
     audit_log = GroupCommitAuditLog(
         PostgresAuditLog(backend.db), on_batch=metrics.AUDIT_BATCH.observe
     )
@@ -296,7 +340,7 @@ async def start_server(
     )
     registry.add(
         connection_service_pb2_grpc.add_ConnectionServiceServicer_to_server,
-        ConnectionServicer(connections),
+        ConnectionServicer(connections, events),
     )
     registry.add(
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
@@ -337,6 +381,8 @@ async def start_server(
     tasks = [asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))]
     if settings.recheck_interval > 0:
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
+    if settings.event_cleanup_interval > 0:
+        tasks.append(asyncio.create_task(_clean_up_events_periodically(backend, settings)))
     samplers: list[Callable[[], None]] = [lambda: _sample_pool(backend)]
     for name, repository in (("connections", connection_repository), ("keys", key_repository)):
         if isinstance(repository, CachingConnectionRepository | CachingSecretKeyRepository):
@@ -356,6 +402,7 @@ async def start_server(
         http_server,
         state,
         public_url,
+        event_hub,
     )
 
 

@@ -75,6 +75,17 @@ class Settings(BaseSettings):
     tls_client_ca: Path | None = Field(
         None, description="PEM CA bundle: require client certs (mTLS)"
     )
+    event_retention: float = Field(
+        604800.0, gt=0, description="seconds connection events (and their deliveries) are kept"
+    )
+    event_cleanup_interval: float = Field(
+        3600.0, ge=0, description="seconds between deletions of expired events; 0 turns them off"
+    )
+    watch_heartbeat: float = Field(
+        15.0, gt=0, le=3600, description="seconds without an event before Watch sends a heartbeat"
+    )
+    watch_streams_per_key: int = Field(8, ge=1, le=1000, description="open Watch streams per key")
+    watch_max_streams: int = Field(64, ge=1, le=10000, description="open Watch streams per server")
 
     @field_validator("outbound_allow")
     @classmethod

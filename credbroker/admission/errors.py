@@ -28,6 +28,7 @@ from credbroker.domain.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    ResourceExhaustedError,
     UnavailableError,
 )
 
@@ -68,6 +69,7 @@ DOMAIN_ERROR_CODES: dict[type[DomainError], ErrorCode] = {
     ConflictError: ErrorCode.ABORTED,
     UnavailableError: ErrorCode.UNAVAILABLE,
     DataIntegrityError: ErrorCode.DATA_LOSS,
+    ResourceExhaustedError: ErrorCode.RESOURCE_EXHAUSTED,
 }
 
 # Reason -> the reference product's error code (HTTP bodies). Reasons not listed use the code's.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from google.protobuf import empty_pb2
@@ -15,9 +16,11 @@ from credbroker.api.convert import (
     credentials_to_proto,
     struct_to_dict,
 )
+from credbroker.api.events import event_to_proto
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.connections import UPDATABLE_PATHS, ConnectionDraft, ConnectionService
 from credbroker.domain.errors import InvalidArgumentError
+from credbroker.domain.events import ConnectionEventService
 from credbroker.v1 import connection_service_pb2 as pb
 from credbroker.v1 import connection_service_pb2_grpc as pb_grpc
 from credbroker.v1 import resources_pb2
@@ -63,8 +66,9 @@ def _update_paths(request: pb.UpdateConnectionRequest) -> frozenset[str]:
 
 
 class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
-    def __init__(self, service: ConnectionService) -> None:
+    def __init__(self, service: ConnectionService, events: ConnectionEventService) -> None:
         self._service = service
+        self._events = events
 
     async def CreateConnection(
         self, request: pb.CreateConnectionRequest, context: Context
@@ -156,3 +160,18 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
             current_principal(), request.integration_id, request.connection_id
         )
         return connection_to_proto(connection)
+
+    async def WatchConnections(
+        self, request: pb.WatchConnectionsRequest, context: Context
+    ) -> AsyncIterator[pb.WatchConnectionsResponse]:
+        items = self._events.watch(
+            current_principal(),
+            start_after=request.start_after,
+            integration_id=request.integration_id,
+            event_types=list(request.event_types),
+        )
+        async for item in items:
+            response = pb.WatchConnectionsResponse(resume_token=str(item.position))
+            if item.event is not None:
+                response.event.CopyFrom(event_to_proto(item.event))
+            yield response

@@ -22,5 +22,6 @@ REQUIRED_SCOPES: dict[str, Scope] = {
     _CONNECTIONS + "DeleteConnection": Scope.CONNECTIONS_WRITE,
     _CONNECTIONS + "AccessCredentials": Scope.CREDENTIALS_READ,
     _CONNECTIONS + "VerifyConnection": Scope.CONNECTIONS_WRITE,
+    _CONNECTIONS + "WatchConnections": Scope.CONNECTIONS_READ,
     "/credbroker.v1.AuditService/ListAuditEvents": Scope.AUDIT_READ,
 }

@@ -23,6 +23,7 @@ from credbroker.domain.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.injection import check_config, resolve_auth, verification_for
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.models import (
@@ -309,8 +310,13 @@ class ConnectionService:
         if paths & {"credentials", "connection_config"}:
             verification = await self._verify_replacement(stored, draft, paths, skip_verification)
         changes = self._changes(current, draft, paths, verification)
+        replaced = "credentials" in paths
         updated = await self._repository.update(
-            principal.environment_id, current.id, changes, expected_version=expected_version
+            principal.environment_id,
+            current.id,
+            changes,
+            expected_version=expected_version,
+            event=ConnectionEventType.CREDENTIALS_REPLACED if replaced else None,
         )
         if updated is not None:
             return updated

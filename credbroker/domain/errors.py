@@ -8,6 +8,7 @@
     ├── FailedPreconditionError  the state forbids the call            -> FAILED_PRECONDITION
     ├── ConflictError            concurrent change, stale etag         -> ABORTED
     ├── UnavailableError         database or dependency down           -> UNAVAILABLE
+    ├── ResourceExhaustedError   a per-key or server limit is reached  -> RESOURCE_EXHAUSTED
     └── DataIntegrityError       stored ciphertext failed to verify    -> DATA_LOSS
 
 Messages are public: they name fields and resource kinds, never secret values.
@@ -82,3 +83,7 @@ class UnavailableError(DomainError):
 
 class DataIntegrityError(DomainError):
     reason = "DATA_INTEGRITY"
+
+
+class ResourceExhaustedError(DomainError):
+    reason = "RESOURCE_EXHAUSTED"

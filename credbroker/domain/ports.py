@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Protocol
 from uuid import UUID
 
+from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.models import (
     UNVERIFIED,
     AuthMode,
@@ -101,6 +102,10 @@ class ConnectionChanges:
 
 
 class ConnectionRepository(Protocol):
+    """Every change also writes its connection event in the same transaction: created on
+    ``create``, deleted on ``delete``, the ``event`` given to ``update``, and the
+    verification_failed / verification_recovered transitions of ``record_verification``."""
+
     async def create(self, connection: NewConnection) -> Connection:
         """Inserts; AlreadyExistsError if the id is taken, NotFoundError if no integration."""
         ...
@@ -142,8 +147,10 @@ class ConnectionRepository(Protocol):
         changes: ConnectionChanges,
         *,
         expected_version: int | None,
+        event: ConnectionEventType | None = None,
     ) -> Connection | None:
-        """Applies changes if the row exists (and has ``expected_version`` when given)."""
+        """Applies changes if the row exists (and has ``expected_version`` when given), and
+        writes ``event`` with them."""
         ...
 
     async def delete(

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from cachetools import TTLCache
 
+from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.models import (
     Connection,
     SecretKeyRecord,
@@ -175,9 +176,10 @@ class CachingConnectionRepository:
         changes: ConnectionChanges,
         *,
         expected_version: int | None,
+        event: ConnectionEventType | None = None,
     ) -> Connection | None:
         updated = await self._inner.update(
-            environment_id, id, changes, expected_version=expected_version
+            environment_id, id, changes, expected_version=expected_version, event=event
         )
         if updated is not None:
             self._forget(environment_id, updated.integration_id, updated.connection_id)

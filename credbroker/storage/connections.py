@@ -1,4 +1,8 @@
-"""Connections table. Secrets arrive and leave as ciphertext; this module never sees plaintext."""
+"""Connections table. Secrets arrive and leave as ciphertext; this module never sees plaintext.
+
+Every change writes its connection event (:mod:`credbroker.storage.events`) in the same
+transaction, so a committed change always has its event and a rolled-back one never does.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from uuid import UUID
 import asyncpg
 
 from credbroker.domain.errors import AlreadyExistsError, NotFoundError
+from credbroker.domain.events import ConnectionEventType, verification_event
 from credbroker.domain.models import (
     AuthMode,
     Connection,
@@ -18,6 +23,7 @@ from credbroker.domain.models import (
 )
 from credbroker.domain.ports import ConnectionChanges, NewConnection, StoredConnection
 from credbroker.storage.db import Database
+from credbroker.storage.events import append_event
 
 _COLUMNS = """c.id, c.environment_id, c.integration_id, c.connection_id, c.auth_mode,
     c.connection_config_keys, c.metadata, c.tags, c.version, c.create_time, c.update_time,
@@ -67,36 +73,40 @@ class PostgresConnectionRepository:
         self._db = db
 
     async def create(self, connection: NewConnection) -> Connection:
+        """Inserts, with its connection.created event."""
         try:
-            row = await self._db.fetchrow(
-                f"""INSERT INTO connections AS c (id, environment_id, integration_id,
-                        connection_id, auth_mode, credentials_blob, config_blob,
-                        connection_config_keys, metadata, tags, verification_state, verify_time,
-                        verify_http_status)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                    RETURNING {_COLUMNS}""",  # noqa: S608
-                connection.id,
-                connection.environment_id,
-                connection.integration_id,
-                connection.connection_id,
-                connection.auth_mode.value,
-                connection.secrets.credentials,
-                connection.secrets.connection_config,
-                list(connection.connection_config_keys),
-                dict(connection.metadata),
-                dict(connection.tags),
-                connection.verification.state.value,
-                connection.verification.verify_time,
-                connection.verification.http_status,
-            )
+            async with self._db.transaction() as tx:
+                row = await tx.fetchrow(
+                    f"""INSERT INTO connections AS c (id, environment_id, integration_id,
+                            connection_id, auth_mode, credentials_blob, config_blob,
+                            connection_config_keys, metadata, tags, verification_state, verify_time,
+                            verify_http_status)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                        RETURNING {_COLUMNS}""",  # noqa: S608
+                    connection.id,
+                    connection.environment_id,
+                    connection.integration_id,
+                    connection.connection_id,
+                    connection.auth_mode.value,
+                    connection.secrets.credentials,
+                    connection.secrets.connection_config,
+                    list(connection.connection_config_keys),
+                    dict(connection.metadata),
+                    dict(connection.tags),
+                    connection.verification.state.value,
+                    connection.verification.verify_time,
+                    connection.verification.http_status,
+                )
+                assert row is not None
+                created = _connection(row)
+                await append_event(tx, ConnectionEventType.CREATED, created)
         except asyncpg.UniqueViolationError:
             raise AlreadyExistsError(
                 "a connection with this id already exists", reason="CONNECTION_ALREADY_EXISTS"
             ) from None
         except asyncpg.ForeignKeyViolationError:
             raise NotFoundError("integration not found", reason="INTEGRATION_NOT_FOUND") from None
-        assert row is not None
-        return _connection(row)
+        return created
 
     async def get(
         self, environment_id: UUID, integration_id: str, connection_id: str
@@ -135,20 +145,33 @@ class PostgresConnectionRepository:
     async def record_verification(
         self, environment_id: UUID, id: UUID, record: VerificationRecord
     ) -> Connection | None:
+        """Stores the outcome; a failure after a non-failure (or a success after a failure)
+        writes its connection.verification_* event in the same transaction."""
         failed = record.state in {VerificationState.REJECTED, VerificationState.ERROR}
-        row = await self._db.fetchrow(
-            f"""UPDATE connections c SET
-                    verification_state = $3, verify_time = $4, verify_http_status = $5,
-                    verify_failures = CASE WHEN $6 THEN verify_failures + 1 ELSE 0 END
-                WHERE id = $1 AND environment_id = $2 RETURNING {_COLUMNS}""",  # noqa: S608
-            id,
-            environment_id,
-            record.state.value,
-            record.verify_time,
-            record.http_status,
-            failed,
-        )
-        return _connection(row) if row else None
+        async with self._db.transaction() as tx:
+            row = await tx.fetchrow(
+                f"""UPDATE connections c SET
+                        verification_state = $3, verify_time = $4, verify_http_status = $5,
+                        verify_failures = CASE WHEN $6 THEN c.verify_failures + 1 ELSE 0 END
+                    FROM (SELECT id, verification_state AS old_state FROM connections
+                          WHERE id = $1 AND environment_id = $2 FOR UPDATE) old
+                    WHERE c.id = old.id RETURNING {_COLUMNS}, old.old_state""",  # noqa: S608
+                id,
+                environment_id,
+                record.state.value,
+                record.verify_time,
+                record.http_status,
+                failed,
+            )
+            if row is None:
+                return None
+            updated = _connection(row)
+            transition = verification_event(
+                VerificationState(row["old_state"]), record.state, record.http_status
+            )
+            if transition is not None:
+                await append_event(tx, transition[0], updated, transition[1])
+        return updated
 
     async def list(
         self,
@@ -187,45 +210,60 @@ class PostgresConnectionRepository:
         changes: ConnectionChanges,
         *,
         expected_version: int | None,
+        event: ConnectionEventType | None = None,
     ) -> Connection | None:
-        row = await self._db.fetchrow(
-            f"""UPDATE connections c SET
-                    credentials_blob = coalesce($4, credentials_blob),
-                    config_blob = coalesce($5, config_blob),
-                    connection_config_keys = coalesce($6, connection_config_keys),
-                    metadata = coalesce($7::jsonb, metadata),
-                    tags = coalesce($8::jsonb, tags),
-                    verification_state = coalesce($9, verification_state),
-                    verify_time = CASE WHEN $9::text IS NULL THEN verify_time ELSE $10 END,
-                    verify_http_status = CASE WHEN $9::text IS NULL THEN verify_http_status
-                                              ELSE $11 END,
-                    verify_failures = CASE WHEN $9::text IS NULL THEN verify_failures ELSE 0 END,
-                    version = version + 1,
-                    update_time = now()
-                WHERE id = $1 AND environment_id = $2 AND ($3::bigint IS NULL OR version = $3)
-                RETURNING {_COLUMNS}""",  # noqa: S608
-            id,
-            environment_id,
-            expected_version,
-            changes.credentials,
-            changes.connection_config,
-            list(changes.connection_config_keys)
-            if changes.connection_config_keys is not None
-            else None,
-            dict(changes.metadata) if changes.metadata is not None else None,
-            dict(changes.tags) if changes.tags is not None else None,
-            changes.verification.state.value if changes.verification else None,
-            changes.verification.verify_time if changes.verification else None,
-            changes.verification.http_status if changes.verification else 0,
-        )
-        return _connection(row) if row else None
+        """Applies the changes and writes ``event`` (if any) in the same transaction."""
+        async with self._db.transaction() as tx:
+            row = await tx.fetchrow(
+                f"""UPDATE connections c SET
+                        credentials_blob = coalesce($4, credentials_blob),
+                        config_blob = coalesce($5, config_blob),
+                        connection_config_keys = coalesce($6, connection_config_keys),
+                        metadata = coalesce($7::jsonb, metadata),
+                        tags = coalesce($8::jsonb, tags),
+                        verification_state = coalesce($9, verification_state),
+                        verify_time = CASE WHEN $9::text IS NULL THEN verify_time ELSE $10 END,
+                        verify_http_status = CASE WHEN $9::text IS NULL THEN verify_http_status
+                                                  ELSE $11 END,
+                        verify_failures = CASE WHEN $9::text IS NULL THEN verify_failures
+                                               ELSE 0 END,
+                        version = version + 1,
+                        update_time = now()
+                    WHERE id = $1 AND environment_id = $2 AND ($3::bigint IS NULL OR version = $3)
+                    RETURNING {_COLUMNS}""",  # noqa: S608
+                id,
+                environment_id,
+                expected_version,
+                changes.credentials,
+                changes.connection_config,
+                list(changes.connection_config_keys)
+                if changes.connection_config_keys is not None
+                else None,
+                dict(changes.metadata) if changes.metadata is not None else None,
+                dict(changes.tags) if changes.tags is not None else None,
+                changes.verification.state.value if changes.verification else None,
+                changes.verification.verify_time if changes.verification else None,
+                changes.verification.http_status if changes.verification else 0,
+            )
+            if row is None:
+                return None
+            updated = _connection(row)
+            if event is not None:
+                await append_event(tx, event, updated)
+        return updated
 
     async def delete(self, environment_id: UUID, integration_id: str, connection_id: str) -> bool:
-        status = await self._db.execute(
-            """DELETE FROM connections
-               WHERE environment_id = $1 AND integration_id = $2 AND connection_id = $3""",
-            environment_id,
-            integration_id,
-            connection_id,
-        )
-        return status != "DELETE 0"
+        """Deletes, with its connection.deleted event."""
+        async with self._db.transaction() as tx:
+            row = await tx.fetchrow(
+                f"""DELETE FROM connections c
+                    WHERE environment_id = $1 AND integration_id = $2 AND connection_id = $3
+                    RETURNING {_COLUMNS}""",  # noqa: S608
+                environment_id,
+                integration_id,
+                connection_id,
+            )
+            if row is None:
+                return False
+            await append_event(tx, ConnectionEventType.DELETED, _connection(row))
+        return True

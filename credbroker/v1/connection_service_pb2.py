@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from credbroker.v1 import events_pb2 as credbroker_dot_v1_dot_events__pb2
 from credbroker.v1 import resources_pb2 as credbroker_dot_v1_dot_resources__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&credbroker/v1/connection_service.proto\x12\rcredbroker.v1\x1a\x1d\x63redbroker/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"o\n\x17\x43reateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x1f\n\x11skip_verification\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"Q\n\x14GetConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xa0\x02\n\x16ListConnectionsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x04tags\x18\x02 \x03(\x0b\x32/.credbroker.v1.ListConnectionsRequest.TagsEntryB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x12verification_state\x18\x05 \x01(\x0e\x32!.credbroker.v1.Verification.StateB\x04\xe2\x41\x01\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x17ListConnectionsResponse\x12.\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x19.credbroker.v1.Connection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc3\x01\n\x17UpdateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x1b\n\rallow_missing\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11skip_verification\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"T\n\x17\x44\x65leteConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x18\x41\x63\x63\x65ssCredentialsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x9b\x04\n\x19\x41\x63\x63\x65ssCredentialsResponse\x12/\n\x0b\x63redentials\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.Credentials\x12Y\n\x11\x63onnection_config\x18\x02 \x03(\x0b\x32>.credbroker.v1.AccessCredentialsResponse.ConnectionConfigEntry\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.AuthMode\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x46\n\x07headers\x18\x05 \x03(\x0b\x32\x35.credbroker.v1.AccessCredentialsResponse.HeadersEntry\x12O\n\x0cquery_params\x18\x06 \x03(\x0b\x32\x39.credbroker.v1.AccessCredentialsResponse.QueryParamsEntry\x1a\x37\n\x15\x43onnectionConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x17VerifyConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x32\x87\x05\n\x11\x43onnectionService\x12U\n\x10\x43reateConnection\x12&.credbroker.v1.CreateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12O\n\rGetConnection\x12#.credbroker.v1.GetConnectionRequest\x1a\x19.credbroker.v1.Connection\x12`\n\x0fListConnections\x12%.credbroker.v1.ListConnectionsRequest\x1a&.credbroker.v1.ListConnectionsResponse\x12U\n\x10UpdateConnection\x12&.credbroker.v1.UpdateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12R\n\x10\x44\x65leteConnection\x12&.credbroker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\x11\x41\x63\x63\x65ssCredentials\x12\'.credbroker.v1.AccessCredentialsRequest\x1a(.credbroker.v1.AccessCredentialsResponse\x12U\n\x10VerifyConnection\x12&.credbroker.v1.VerifyConnectionRequest\x1a\x19.credbroker.v1.Connectionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&credbroker/v1/connection_service.proto\x12\rcredbroker.v1\x1a\x1a\x63redbroker/v1/events.proto\x1a\x1d\x63redbroker/v1/resources.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\"o\n\x17\x43reateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x1f\n\x11skip_verification\x18\x02 \x01(\x08\x42\x04\xe2\x41\x01\x01\"Q\n\x14GetConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\xa0\x02\n\x16ListConnectionsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x04tags\x18\x02 \x03(\x0b\x32/.credbroker.v1.ListConnectionsRequest.TagsEntryB\x04\xe2\x41\x01\x01\x12\x17\n\tpage_size\x18\x03 \x01(\x05\x42\x04\xe2\x41\x01\x01\x12\x18\n\npage_token\x18\x04 \x01(\tB\x04\xe2\x41\x01\x01\x12\x43\n\x12verification_state\x18\x05 \x01(\x0e\x32!.credbroker.v1.Verification.StateB\x04\xe2\x41\x01\x01\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x17ListConnectionsResponse\x12.\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32\x19.credbroker.v1.Connection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xc3\x01\n\x17UpdateConnectionRequest\x12\x33\n\nconnection\x18\x01 \x01(\x0b\x32\x19.credbroker.v1.ConnectionB\x04\xe2\x41\x01\x02\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x01\x12\x1b\n\rallow_missing\x18\x03 \x01(\x08\x42\x04\xe2\x41\x01\x01\x12\x1f\n\x11skip_verification\x18\x04 \x01(\x08\x42\x04\xe2\x41\x01\x01\"T\n\x17\x44\x65leteConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"U\n\x18\x41\x63\x63\x65ssCredentialsRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"\x9b\x04\n\x19\x41\x63\x63\x65ssCredentialsResponse\x12/\n\x0b\x63redentials\x18\x01 \x01(\x0b\x32\x1a.credbroker.v1.Credentials\x12Y\n\x11\x63onnection_config\x18\x02 \x03(\x0b\x32>.credbroker.v1.AccessCredentialsResponse.ConnectionConfigEntry\x12*\n\tauth_mode\x18\x03 \x01(\x0e\x32\x17.credbroker.v1.AuthMode\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x46\n\x07headers\x18\x05 \x03(\x0b\x32\x35.credbroker.v1.AccessCredentialsResponse.HeadersEntry\x12O\n\x0cquery_params\x18\x06 \x03(\x0b\x32\x39.credbroker.v1.AccessCredentialsResponse.QueryParamsEntry\x1a\x37\n\x15\x43onnectionConfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x32\n\x10QueryParamsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"T\n\x17VerifyConnectionRequest\x12\x1c\n\x0eintegration_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1b\n\rconnection_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"m\n\x17WatchConnectionsRequest\x12\x19\n\x0bstart_after\x18\x01 \x01(\tB\x04\xe2\x41\x01\x01\x12\x1c\n\x0eintegration_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x01\x12\x19\n\x0b\x65vent_types\x18\x03 \x03(\tB\x04\xe2\x41\x01\x01\"k\n\x18WatchConnectionsResponse\x12\x1a\n\x0cresume_token\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x33\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1e.credbroker.v1.ConnectionEventB\x04\xe2\x41\x01\x03\x32\xee\x05\n\x11\x43onnectionService\x12U\n\x10\x43reateConnection\x12&.credbroker.v1.CreateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12O\n\rGetConnection\x12#.credbroker.v1.GetConnectionRequest\x1a\x19.credbroker.v1.Connection\x12`\n\x0fListConnections\x12%.credbroker.v1.ListConnectionsRequest\x1a&.credbroker.v1.ListConnectionsResponse\x12U\n\x10UpdateConnection\x12&.credbroker.v1.UpdateConnectionRequest\x1a\x19.credbroker.v1.Connection\x12R\n\x10\x44\x65leteConnection\x12&.credbroker.v1.DeleteConnectionRequest\x1a\x16.google.protobuf.Empty\x12\x66\n\x11\x41\x63\x63\x65ssCredentials\x12\'.credbroker.v1.AccessCredentialsRequest\x1a(.credbroker.v1.AccessCredentialsResponse\x12U\n\x10VerifyConnection\x12&.credbroker.v1.VerifyConnectionRequest\x1a\x19.credbroker.v1.Connection\x12\x65\n\x10WatchConnections\x12&.credbroker.v1.WatchConnectionsRequest\x1a\'.credbroker.v1.WatchConnectionsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -81,32 +82,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['integration_id']._serialized_options = b'\342A\001\002'
   _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['connection_id']._loaded_options = None
   _globals['_VERIFYCONNECTIONREQUEST'].fields_by_name['connection_id']._serialized_options = b'\342A\001\002'
-  _globals['_CREATECONNECTIONREQUEST']._serialized_start=184
-  _globals['_CREATECONNECTIONREQUEST']._serialized_end=295
-  _globals['_GETCONNECTIONREQUEST']._serialized_start=297
-  _globals['_GETCONNECTIONREQUEST']._serialized_end=378
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=381
-  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=669
-  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_start=626
-  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_end=669
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=671
-  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=769
-  _globals['_UPDATECONNECTIONREQUEST']._serialized_start=772
-  _globals['_UPDATECONNECTIONREQUEST']._serialized_end=967
-  _globals['_DELETECONNECTIONREQUEST']._serialized_start=969
-  _globals['_DELETECONNECTIONREQUEST']._serialized_end=1053
-  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_start=1055
-  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_end=1140
-  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_start=1143
-  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_end=1682
-  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_start=1527
-  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_end=1582
-  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_start=1584
-  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_end=1630
-  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_start=1632
-  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_end=1682
-  _globals['_VERIFYCONNECTIONREQUEST']._serialized_start=1684
-  _globals['_VERIFYCONNECTIONREQUEST']._serialized_end=1768
-  _globals['_CONNECTIONSERVICE']._serialized_start=1771
-  _globals['_CONNECTIONSERVICE']._serialized_end=2418
+  _globals['_WATCHCONNECTIONSREQUEST'].fields_by_name['start_after']._loaded_options = None
+  _globals['_WATCHCONNECTIONSREQUEST'].fields_by_name['start_after']._serialized_options = b'\342A\001\001'
+  _globals['_WATCHCONNECTIONSREQUEST'].fields_by_name['integration_id']._loaded_options = None
+  _globals['_WATCHCONNECTIONSREQUEST'].fields_by_name['integration_id']._serialized_options = b'\342A\001\001'
+  _globals['_WATCHCONNECTIONSREQUEST'].fields_by_name['event_types']._loaded_options = None
+  _globals['_WATCHCONNECTIONSREQUEST'].fields_by_name['event_types']._serialized_options = b'\342A\001\001'
+  _globals['_WATCHCONNECTIONSRESPONSE'].fields_by_name['resume_token']._loaded_options = None
+  _globals['_WATCHCONNECTIONSRESPONSE'].fields_by_name['resume_token']._serialized_options = b'\342A\001\003'
+  _globals['_WATCHCONNECTIONSRESPONSE'].fields_by_name['event']._loaded_options = None
+  _globals['_WATCHCONNECTIONSRESPONSE'].fields_by_name['event']._serialized_options = b'\342A\001\003'
+  _globals['_CREATECONNECTIONREQUEST']._serialized_start=212
+  _globals['_CREATECONNECTIONREQUEST']._serialized_end=323
+  _globals['_GETCONNECTIONREQUEST']._serialized_start=325
+  _globals['_GETCONNECTIONREQUEST']._serialized_end=406
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=409
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=697
+  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_start=654
+  _globals['_LISTCONNECTIONSREQUEST_TAGSENTRY']._serialized_end=697
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=699
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=797
+  _globals['_UPDATECONNECTIONREQUEST']._serialized_start=800
+  _globals['_UPDATECONNECTIONREQUEST']._serialized_end=995
+  _globals['_DELETECONNECTIONREQUEST']._serialized_start=997
+  _globals['_DELETECONNECTIONREQUEST']._serialized_end=1081
+  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_start=1083
+  _globals['_ACCESSCREDENTIALSREQUEST']._serialized_end=1168
+  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_start=1171
+  _globals['_ACCESSCREDENTIALSRESPONSE']._serialized_end=1710
+  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_start=1555
+  _globals['_ACCESSCREDENTIALSRESPONSE_CONNECTIONCONFIGENTRY']._serialized_end=1610
+  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_start=1612
+  _globals['_ACCESSCREDENTIALSRESPONSE_HEADERSENTRY']._serialized_end=1658
+  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_start=1660
+  _globals['_ACCESSCREDENTIALSRESPONSE_QUERYPARAMSENTRY']._serialized_end=1710
+  _globals['_VERIFYCONNECTIONREQUEST']._serialized_start=1712
+  _globals['_VERIFYCONNECTIONREQUEST']._serialized_end=1796
+  _globals['_WATCHCONNECTIONSREQUEST']._serialized_start=1798
+  _globals['_WATCHCONNECTIONSREQUEST']._serialized_end=1907
+  _globals['_WATCHCONNECTIONSRESPONSE']._serialized_start=1909
+  _globals['_WATCHCONNECTIONSRESPONSE']._serialized_end=2016
+  _globals['_CONNECTIONSERVICE']._serialized_start=2019
+  _globals['_CONNECTIONSERVICE']._serialized_end=2769
 # @@protoc_insertion_point(module_scope)

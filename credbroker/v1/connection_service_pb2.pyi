@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from credbroker.v1 import events_pb2 as _events_pb2
 from credbroker.v1 import resources_pb2 as _resources_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
@@ -426,3 +427,71 @@ class VerifyConnectionRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___VerifyConnectionRequest: _TypeAlias = VerifyConnectionRequest  # noqa: Y015
+
+@_typing.final
+class WatchConnectionsRequest(_message.Message):
+    """Request for [WatchConnections][credbroker.v1.ConnectionService.WatchConnections]."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_AFTER_FIELD_NUMBER: _builtins.int
+    INTEGRATION_ID_FIELD_NUMBER: _builtins.int
+    EVENT_TYPES_FIELD_NUMBER: _builtins.int
+    start_after: _builtins.str
+    """Optional. A `resume_token` from an earlier stream of this environment: the stream starts
+    with the first event after it. Empty: only events committed after the call starts.
+    """
+    integration_id: _builtins.str
+    """Optional. Only events of this integration; empty for all."""
+    @_builtins.property
+    def event_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Optional. Only these event types (see
+        [ConnectionEvent.event_type][credbroker.v1.ConnectionEvent.event_type]); empty for all.
+        """
+
+    def __init__(
+        self,
+        *,
+        start_after: _builtins.str = ...,
+        integration_id: _builtins.str = ...,
+        event_types: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_types", b"event_types", "integration_id", b"integration_id", "start_after", b"start_after"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConnectionsRequest: _TypeAlias = WatchConnectionsRequest  # noqa: Y015
+
+@_typing.final
+class WatchConnectionsResponse(_message.Message):
+    """One message of [WatchConnections][credbroker.v1.ConnectionService.WatchConnections]: an
+    event, or a heartbeat (no `event`).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESUME_TOKEN_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    resume_token: _builtins.str
+    """Output only. Opaque. Everything up to here was sent or filtered out: pass the last one
+    received as `start_after` to resume.
+    """
+    @_builtins.property
+    def event(self) -> _events_pb2.ConnectionEvent:
+        """Output only. The event; unset on a heartbeat."""
+
+    def __init__(
+        self,
+        *,
+        resume_token: _builtins.str = ...,
+        event: _events_pb2.ConnectionEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "resume_token", b"resume_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WatchConnectionsResponse: _TypeAlias = WatchConnectionsResponse  # noqa: Y015

@@ -90,6 +90,11 @@ class ConnectionServiceStub:
                 request_serializer=credbroker_dot_v1_dot_connection__service__pb2.VerifyConnectionRequest.SerializeToString,
                 response_deserializer=credbroker_dot_v1_dot_resources__pb2.Connection.FromString,
                 _registered_method=True)
+        self.WatchConnections = channel.unary_stream(
+                '/credbroker.v1.ConnectionService/WatchConnections',
+                request_serializer=credbroker_dot_v1_dot_connection__service__pb2.WatchConnectionsRequest.SerializeToString,
+                response_deserializer=credbroker_dot_v1_dot_connection__service__pb2.WatchConnectionsResponse.FromString,
+                _registered_method=True)
 
 
 class ConnectionServiceServicer:
@@ -203,6 +208,26 @@ class ConnectionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchConnections(self, request, context):
+        """Streams the key's environment's connection events, oldest first, as they are committed
+        (woken by the database's change announcements, typically within milliseconds). The first
+        message is a heartbeat carrying the current `resume_token`; after that, every event that
+        passes the filters, and a heartbeat after every `CREDBROKER_WATCH_HEARTBEAT` seconds (default
+        15) without one. Every message's `resume_token` marks how far the stream has read: pass the
+        last one received as `start_after` when reconnecting and no event still retained is missed
+        (events are in commit order per environment and a token never skips one). The stream runs
+        until the client cancels it or the server shuts down (UNAVAILABLE, reason `SHUTTING_DOWN`:
+        reconnect with the last token). Errors: INVALID_ARGUMENT (malformed `start_after`,
+        `integration_id` or an unknown event type in `event_types`), FAILED_PRECONDITION (reason
+        `RESUME_TOKEN_EXPIRED`: events after `start_after` were deleted by retention; re-read the
+        connections and watch without a token), RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCH_STREAMS`:
+        the key already has `CREDBROKER_WATCH_STREAMS_PER_KEY` open streams, default 8, or the
+        server `CREDBROKER_WATCH_MAX_STREAMS`, default 64). Scope `connections:read`. Not audited.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConnectionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -240,6 +265,11 @@ def add_ConnectionServiceServicer_to_server(servicer, server):
                     servicer.VerifyConnection,
                     request_deserializer=credbroker_dot_v1_dot_connection__service__pb2.VerifyConnectionRequest.FromString,
                     response_serializer=credbroker_dot_v1_dot_resources__pb2.Connection.SerializeToString,
+            ),
+            'WatchConnections': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchConnections,
+                    request_deserializer=credbroker_dot_v1_dot_connection__service__pb2.WatchConnectionsRequest.FromString,
+                    response_serializer=credbroker_dot_v1_dot_connection__service__pb2.WatchConnectionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -450,6 +480,33 @@ class ConnectionService:
             '/credbroker.v1.ConnectionService/VerifyConnection',
             credbroker_dot_v1_dot_connection__service__pb2.VerifyConnectionRequest.SerializeToString,
             credbroker_dot_v1_dot_resources__pb2.Connection.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/credbroker.v1.ConnectionService/WatchConnections',
+            credbroker_dot_v1_dot_connection__service__pb2.WatchConnectionsRequest.SerializeToString,
+            credbroker_dot_v1_dot_connection__service__pb2.WatchConnectionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -115,6 +115,22 @@ class ConnectionServiceStub:
     `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
     `connections:write`. Audited.
     """
+    WatchConnections: _grpc.UnaryStreamMultiCallable[_connection_service_pb2.WatchConnectionsRequest, _connection_service_pb2.WatchConnectionsResponse]
+    """Streams the key's environment's connection events, oldest first, as they are committed
+    (woken by the database's change announcements, typically within milliseconds). The first
+    message is a heartbeat carrying the current `resume_token`; after that, every event that
+    passes the filters, and a heartbeat after every `CREDBROKER_WATCH_HEARTBEAT` seconds (default
+    15) without one. Every message's `resume_token` marks how far the stream has read: pass the
+    last one received as `start_after` when reconnecting and no event still retained is missed
+    (events are in commit order per environment and a token never skips one). The stream runs
+    until the client cancels it or the server shuts down (UNAVAILABLE, reason `SHUTTING_DOWN`:
+    reconnect with the last token). Errors: INVALID_ARGUMENT (malformed `start_after`,
+    `integration_id` or an unknown event type in `event_types`), FAILED_PRECONDITION (reason
+    `RESUME_TOKEN_EXPIRED`: events after `start_after` were deleted by retention; re-read the
+    connections and watch without a token), RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCH_STREAMS`:
+    the key already has `CREDBROKER_WATCH_STREAMS_PER_KEY` open streams, default 8, or the
+    server `CREDBROKER_WATCH_MAX_STREAMS`, default 64). Scope `connections:read`. Not audited.
+    """
 
 @_typing.type_check_only
 class ConnectionServiceAsyncStub(ConnectionServiceStub):
@@ -200,6 +216,22 @@ class ConnectionServiceAsyncStub(ConnectionServiceStub):
     is turned off with `CREDBROKER_VERIFY_CREDENTIALS=false`; `DESTINATION_NOT_ALLOWED`;
     `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
     `connections:write`. Audited.
+    """
+    WatchConnections: _aio.UnaryStreamMultiCallable[_connection_service_pb2.WatchConnectionsRequest, _connection_service_pb2.WatchConnectionsResponse]  # type: ignore[assignment]
+    """Streams the key's environment's connection events, oldest first, as they are committed
+    (woken by the database's change announcements, typically within milliseconds). The first
+    message is a heartbeat carrying the current `resume_token`; after that, every event that
+    passes the filters, and a heartbeat after every `CREDBROKER_WATCH_HEARTBEAT` seconds (default
+    15) without one. Every message's `resume_token` marks how far the stream has read: pass the
+    last one received as `start_after` when reconnecting and no event still retained is missed
+    (events are in commit order per environment and a token never skips one). The stream runs
+    until the client cancels it or the server shuts down (UNAVAILABLE, reason `SHUTTING_DOWN`:
+    reconnect with the last token). Errors: INVALID_ARGUMENT (malformed `start_after`,
+    `integration_id` or an unknown event type in `event_types`), FAILED_PRECONDITION (reason
+    `RESUME_TOKEN_EXPIRED`: events after `start_after` were deleted by retention; re-read the
+    connections and watch without a token), RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCH_STREAMS`:
+    the key already has `CREDBROKER_WATCH_STREAMS_PER_KEY` open streams, default 8, or the
+    server `CREDBROKER_WATCH_MAX_STREAMS`, default 64). Scope `connections:read`. Not audited.
     """
 
 class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -325,6 +357,28 @@ class ConnectionServiceServicer(metaclass=_abc_1.ABCMeta):
         is turned off with `CREDBROKER_VERIFY_CREDENTIALS=false`; `DESTINATION_NOT_ALLOWED`;
         `PROVIDER_NOT_IN_CATALOG`), DATA_LOSS (reason `DATA_INTEGRITY`). Scope
         `connections:write`. Audited.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchConnections(
+        self,
+        request: _connection_service_pb2.WatchConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_connection_service_pb2.WatchConnectionsResponse], _abc.AsyncIterator[_connection_service_pb2.WatchConnectionsResponse]]:
+        """Streams the key's environment's connection events, oldest first, as they are committed
+        (woken by the database's change announcements, typically within milliseconds). The first
+        message is a heartbeat carrying the current `resume_token`; after that, every event that
+        passes the filters, and a heartbeat after every `CREDBROKER_WATCH_HEARTBEAT` seconds (default
+        15) without one. Every message's `resume_token` marks how far the stream has read: pass the
+        last one received as `start_after` when reconnecting and no event still retained is missed
+        (events are in commit order per environment and a token never skips one). The stream runs
+        until the client cancels it or the server shuts down (UNAVAILABLE, reason `SHUTTING_DOWN`:
+        reconnect with the last token). Errors: INVALID_ARGUMENT (malformed `start_after`,
+        `integration_id` or an unknown event type in `event_types`), FAILED_PRECONDITION (reason
+        `RESUME_TOKEN_EXPIRED`: events after `start_after` were deleted by retention; re-read the
+        connections and watch without a token), RESOURCE_EXHAUSTED (reason `TOO_MANY_WATCH_STREAMS`:
+        the key already has `CREDBROKER_WATCH_STREAMS_PER_KEY` open streams, default 8, or the
+        server `CREDBROKER_WATCH_MAX_STREAMS`, default 64). Scope `connections:read`. Not audited.
         """
 
 def add_ConnectionServiceServicer_to_server(servicer: ConnectionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

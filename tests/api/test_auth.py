@@ -47,7 +47,10 @@ EXPECTED_SCOPES: dict[str, Scope] = {
     "/credbroker.v1.IntegrationService/ListProviders": Scope("integrations:read"),
     "/credbroker.v1.IntegrationService/GetProvider": Scope("integrations:read"),
     "/credbroker.v1.AuditService/ListAuditEvents": Scope("audit:read"),
+    "/credbroker.v1.ConnectionService/WatchConnections": Scope("connections:read"),
 }
+# Server-streaming methods: called with unary_stream, done once the first message arrives.
+STREAMING = frozenset({"/credbroker.v1.ConnectionService/WatchConnections"})
 
 
 def _discover() -> list[MethodDescriptor]:
@@ -70,7 +73,8 @@ def path_of(method: MethodDescriptor) -> str:
 def test_every_discovered_method_has_an_expected_scope() -> None:
     """Guards the tables below: a new RPC must be added to the contract table (and so tested)."""
     assert {path_of(m) for m in METHODS} == set(EXPECTED_SCOPES)
-    assert all(not m.client_streaming and not m.server_streaming for m in METHODS)
+    assert all(not m.client_streaming for m in METHODS)
+    assert {path_of(m) for m in METHODS if m.server_streaming} == STREAMING
 
 
 # ---------------------------------------------------------------------------------------------
@@ -99,7 +103,17 @@ async def call_code(
     metadata: tuple[tuple[str, str], ...] | None,
 ) -> tuple[grpc.StatusCode, grpc.aio.AioRpcError | None]:
     try:
-        await raw_call(channel, method)(empty_request(method), metadata=metadata, timeout=10)
+        if method.server_streaming:
+            response_type = message_factory.GetMessageClass(method.output_type)
+            stream = channel.unary_stream(
+                path_of(method),
+                request_serializer=empty_request(method).SerializeToString,
+                response_deserializer=response_type.FromString,
+            )(empty_request(method), metadata=metadata, timeout=10)
+            await stream.read()  # the first message, or the error ending the call
+            stream.cancel()
+        else:
+            await raw_call(channel, method)(empty_request(method), metadata=metadata, timeout=10)
     except grpc.aio.AioRpcError as error:
         return error.code(), error
     return grpc.StatusCode.OK, None
@@ -317,9 +331,8 @@ async def test_key_expiring_in_the_future_works(
 
 def _expected_code_past_auth(method: MethodDescriptor) -> grpc.StatusCode:
     """An empty request that got past the interceptor: lists succeed, the rest need ids."""
-    return (
-        grpc.StatusCode.OK if method.name.startswith("List") else grpc.StatusCode.INVALID_ARGUMENT
-    )
+    passes = method.name.startswith(("List", "Watch"))
+    return grpc.StatusCode.OK if passes else grpc.StatusCode.INVALID_ARGUMENT
 
 
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "bEaReR"])

@@ -183,7 +183,8 @@ async def test_caches_can_be_turned_off(settings_factory: Any, keyring: Any) -> 
     backend = await open_backend(settings)
     running = await start_server(settings, backend, keyring)
     try:
-        assert running.listener is None
+        # The change listener still runs (it wakes Watch streams and webhook delivery).
+        assert running.listener is not None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub: Any = igrpc.IntegrationServiceStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as error:

@@ -80,9 +80,14 @@ async def plain_channel(port: int, **options: Any) -> AsyncIterator[grpc.aio.Cha
 
 
 async def outcome(call: Any) -> tuple[grpc.StatusCode, str, Any]:
-    """(code, details, trailing metadata) of an awaited unary call; OK on success."""
+    """(code, details, trailing metadata) of an awaited unary call, or of a server-streaming
+    call up to its first message (then cancelled); OK on success."""
     try:
-        await call
+        if isinstance(call, grpc.aio.UnaryStreamCall):
+            await call.read()
+            call.cancel()
+        else:
+            await call
     except grpc.aio.AioRpcError as error:
         return error.code(), error.details() or "", error.trailing_metadata()
     return grpc.StatusCode.OK, "", ()
@@ -336,12 +341,19 @@ class Finding:
         return f"{self.method} {self.payload[:24]!r}: {self.code.name} {self.details[:160]!r}"
 
 
+def _raw_callable(channel: grpc.aio.Channel, method: Any) -> Any:
+    """A bytes-in, bytes-out callable of ``method`` with its cardinality."""
+    if method.server_streaming:
+        return channel.unary_stream(
+            _path(method), request_serializer=None, response_deserializer=None
+        )
+    return channel.unary_unary(_path(method), request_serializer=None, response_deserializer=None)
+
+
 async def _garbage_findings(channel: grpc.aio.Channel, metadata: Metadata) -> list[Finding]:
     findings: list[Finding] = []
     for method in METHODS:
-        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-            _path(method), request_serializer=None, response_deserializer=None
-        )
+        call = _raw_callable(channel, method)
         for body in PAYLOADS:
             code, details, trailers = await outcome(call(body, metadata=metadata, timeout=TIMEOUT))
             bad = code == grpc.StatusCode.UNKNOWN or bool(leaks(details, trailers))
@@ -388,9 +400,7 @@ async def test_hardening_garbage_bytes_without_key_never_unknown_nor_leak(
     request schema from parser errors, and a parsable request is UNAUTHENTICATED."""
     findings = await _garbage_findings(channel, ())
     for method in METHODS:
-        call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
-            _path(method), request_serializer=None, response_deserializer=None
-        )
+        call = _raw_callable(channel, method)
         for body in PAYLOADS:
             if not _parses(method, body):
                 continue

@@ -22,6 +22,7 @@ from credbroker.domain.errors import (
     FailedPreconditionError,
     NotFoundError,
 )
+from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.injection import ResolvedAuth
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.models import (
@@ -292,6 +293,7 @@ class FakeConnectionRepository:
         changes: ConnectionChanges,
         *,
         expected_version: int | None,
+        event: ConnectionEventType | None = None,
     ) -> Connection | None:
         if self.before_update is not None:
             hook, self.before_update = self.before_update, None
