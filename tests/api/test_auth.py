@@ -105,7 +105,7 @@ async def call_code(
     try:
         if method.server_streaming:
             response_type = message_factory.GetMessageClass(method.output_type)
-            stream = channel.unary_stream(
+            stream: Any = cast(Any, channel).unary_stream(
                 path_of(method),
                 request_serializer=empty_request(method).SerializeToString,
                 response_deserializer=response_type.FromString,
