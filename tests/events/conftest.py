@@ -74,6 +74,7 @@ def server_environment(database_url: str, keyring: Keyring, **settings: object) 
             "CREDBROKER_RECHECK_INTERVAL": "0",
             "CREDBROKER_SHUTDOWN_GRACE": "1",
             "CREDBROKER_DB_POOL_MIN": "1",
+            "CREDBROKER_HTTP_LISTEN": "127.0.0.1:0",  # never the fixed default port
         }
     )
     env.update({f"CREDBROKER_{k.upper()}": str(v) for k, v in settings.items()})
