@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from credbroker.domain.destinations import destination_changes, require_credentials_read
 from credbroker.domain.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -37,6 +38,7 @@ from credbroker.domain.models import (
     Page,
     Principal,
     RevealedCredentials,
+    Scope,
     VerificationRecord,
     VerificationState,
     auth_mode_of,
@@ -306,6 +308,8 @@ class ConnectionService:
         current = stored.connection
         if "credentials" in paths:
             self._check_auth_mode(current.auth_mode, draft.credentials)
+        else:
+            self._check_may_redirect(principal, stored, draft, paths)
         verification = None
         if paths & {"credentials", "connection_config"}:
             verification = await self._verify_replacement(stored, draft, paths, skip_verification)
@@ -327,6 +331,35 @@ class ConnectionService:
                 "the connection changed since the etag was read", reason="ETAG_MISMATCH"
             )
         raise _not_found()
+
+    def _check_may_redirect(
+        self,
+        principal: Principal,
+        stored: StoredConnection,
+        draft: ConnectionDraft,
+        paths: frozenset[str],
+    ) -> None:
+        """Config that moves where the stored credentials go needs credentials:read (see
+        :mod:`credbroker.domain.destinations`); checked before anything is verified or sent."""
+        if "connection_config" not in paths or Scope.CREDENTIALS_READ in principal.scopes:
+            return
+        provider = self._provider(stored.provider)
+        connection = stored.connection
+        try:
+            before: dict[str, str] | None = json.loads(
+                self._cipher.decrypt(
+                    stored.secrets.connection_config,
+                    purpose=CONFIG_PURPOSE,
+                    binding=binding(
+                        connection.environment_id, connection.integration_id, connection.id
+                    ),
+                )
+            )
+        except (DataIntegrityError, ValueError):
+            before = None  # unreadable: any destination counts as a change
+        after = dict(draft.connection_config or {})
+        if destination_changes(provider, "connection_config", before, after):
+            require_credentials_read(principal, "connection_config")
 
     async def _verify_replacement(
         self,

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from credbroker.domain.errors import InvalidArgumentError, NotFoundError, PermissionDeniedError
+from credbroker.domain.destinations import destination_changes, require_credentials_read
+from credbroker.domain.errors import InvalidArgumentError, NotFoundError
 from credbroker.domain.injection import check_integration_config
 from credbroker.domain.models import AuthMode, Integration, Page, Principal, Scope
 from credbroker.domain.ports import IntegrationRepository
@@ -124,7 +125,9 @@ class IntegrationService:
             if catalog_entry is not None:
                 check_integration_config(catalog_entry, new_config)
                 if new_config != dict(current.integration_config):
-                    _check_may_direct_credentials(principal, catalog_entry, new_config)
+                    _check_may_direct_credentials(
+                        principal, catalog_entry, new_config, current.integration_config
+                    )
         updated = await self._repository.update(
             principal.environment_id,
             integration_id,
@@ -163,14 +166,19 @@ class IntegrationService:
 
 
 def _check_may_direct_credentials(
-    principal: Principal, provider: Provider, integration_config: Mapping[str, str]
+    principal: Principal,
+    provider: Provider,
+    integration_config: Mapping[str, str],
+    current: Mapping[str, str] | None = None,
 ) -> None:
     """A generic provider's integration config decides where and how credentials are sent
-    (base URL, verification path, key placement). Setting it is as powerful as reading the
-    credentials, so it also needs ``credentials:read``."""
-    if provider.generic and integration_config and Scope.CREDENTIALS_READ not in principal.scopes:
-        raise PermissionDeniedError(
-            "missing scope credentials:read (the integration config of a generic provider "
-            "decides where credentials are sent)",
-            metadata={"scope": Scope.CREDENTIALS_READ.value},
-        )
+    (base URL, verification path, key placement), and so does any integration setting another
+    provider's base URL names. Setting it is as powerful as reading the credentials, so it also
+    needs ``credentials:read`` (see :mod:`credbroker.domain.destinations`)."""
+    if Scope.CREDENTIALS_READ in principal.scopes:
+        return
+    if provider.generic:
+        if integration_config:
+            require_credentials_read(principal, "the integration config of a generic provider")
+    elif destination_changes(provider, "integration_config", current or {}, integration_config):
+        require_credentials_read(principal, "this integration config")
