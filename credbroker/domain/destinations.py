@@ -16,6 +16,7 @@ a stored PAT at a host it controls and let verification, re-checks or the app de
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 from credbroker.domain.errors import PermissionDeniedError
 from credbroker.domain.models import Principal, Scope
 from credbroker.domain.providers import PLACEHOLDER, Provider
