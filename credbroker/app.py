@@ -15,7 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from credbroker import metrics
+from credbroker import log_hygiene, metrics
 from credbroker.admission import Admission, Auditor, Credential
 from credbroker.api.audit_service import AuditServicer
 from credbroker.api.connections import ConnectionServicer
@@ -282,6 +282,7 @@ async def start_server(
 ) -> RunningServer:
     """Verifies the master keys, then binds and starts serving. Raises StartupError before
     binding when the keyring does not fit the stored data."""
+    log_hygiene.install()  # also for servers started in-process (tests, embedders)
     await verify_master_keys(backend.db, keyring)
     catalog = catalog or default_catalog()
     connection_repository: ConnectionRepository = PostgresConnectionRepository(backend.db)

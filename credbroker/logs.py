@@ -7,14 +7,14 @@ that masks anything shaped like a credbroker secret key and any field named like
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-_SECRET_KEY = re.compile(r"cbsk_([0-9A-Za-z]{16})_[0-9A-Za-z]{49}")
+from credbroker import log_hygiene
+
 _SECRET_FIELDS = {
     "api_key",
     "password",
@@ -29,7 +29,7 @@ _SECRET_FIELDS = {
 def _mask(value: Any) -> Any:
     """Masks secret keys in strings, recursing into containers; secret-named keys hide values."""
     if isinstance(value, str):
-        return _SECRET_KEY.sub(r"cbsk_\1_<redacted>", value)
+        return log_hygiene.scrub(value)
     if isinstance(value, dict):
         return {k: "<redacted>" if k in _SECRET_FIELDS else _mask(v) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
@@ -68,17 +68,14 @@ def configure_logging(log_format: str = "auto", level: str = "info") -> None:
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info if use_json else _identity,
+            structlog.processors.format_exc_info,  # text, so redact sees tracebacks too
             redact,
             renderer,
         ],
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
+    log_hygiene.install()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-
-
-def _identity(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    return event

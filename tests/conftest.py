@@ -7,6 +7,8 @@ embedded pgserver. Each test session creates its own database and drops it at th
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -191,3 +193,139 @@ async def tenant(make_tenant: TenantFactory) -> Tenant:
 def settings_factory(database_url: str, keyring: Keyring) -> Callable[..., Settings]:
     """Settings for the test database, with overrides (e.g. another keyring)."""
     return lambda **overrides: make_settings(database_url, keyring, **overrides)
+
+
+# ---------------------------------------------------------------------------------------------
+# a bare HTTP/2 client, for frames a grpc client refuses to send (issue 9)
+
+
+@dataclass
+class RawStream:
+    """What came back on one stream of :class:`RawHttp2`."""
+
+    headers: dict[bytes, bytes]
+    data: bytes = b""
+    ended: bool = False
+    reset: bool = False
+
+    @property
+    def grpc_status(self) -> int | None:
+        status = self.headers.get(b"grpc-status")
+        return int(status) if status is not None else None
+
+
+class RawHttp2:
+    """One cleartext HTTP/2 connection driven with ``h2``: opens gRPC streams with any headers
+    (bytes no grpc client would send, headers without a message, ...) and records replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int):
+        import h2.config
+        import h2.connection
+
+        self._reader, self._writer, self.port = reader, writer, port
+        config = h2.config.H2Configuration(
+            client_side=True, header_encoding=None, validate_outbound_headers=False
+        )
+        self._h2 = h2.connection.H2Connection(config=config)
+        self._h2.initiate_connection()
+        self.streams: dict[int, RawStream] = {}
+        self.closed = False
+        self._task = asyncio.create_task(self._pump())
+
+    @classmethod
+    async def connect(cls, port: int) -> RawHttp2:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        client = cls(reader, writer, port)
+        await client.flush()
+        return client
+
+    async def flush(self) -> None:
+        self._writer.write(self._h2.data_to_send())
+        await self._writer.drain()
+
+    def open(
+        self,
+        path: str,
+        *,
+        extra: tuple[tuple[bytes, bytes], ...] = (),
+        message: bytes | None = None,
+        end: bool = True,
+    ) -> int:
+        """Starts a stream; sends ``message`` (gRPC-framed) if given, then half-closes if
+        ``end``. Call :meth:`flush` to put it on the wire."""
+        stream_id = self._h2.get_next_available_stream_id()
+        headers = [
+            (b":method", b"POST"),
+            (b":scheme", b"http"),
+            (b":path", path.encode()),
+            (b":authority", f"127.0.0.1:{self.port}".encode()),
+            (b"content-type", b"application/grpc"),
+            (b"te", b"trailers"),
+            *extra,
+        ]
+        self.streams[stream_id] = RawStream({})
+        self._h2.send_headers(stream_id, headers, end_stream=message is None and end)
+        if message is not None:
+            framed = b"\x00" + len(message).to_bytes(4, "big") + message
+            self._h2.send_data(stream_id, framed, end_stream=end)
+        return stream_id
+
+    async def _pump(self) -> None:
+        import h2.events
+        import h2.exceptions
+
+        try:
+            while True:
+                data = await self._reader.read(65536)
+                if not data:
+                    break
+                for event in self._h2.receive_data(data):
+                    stream = self.streams.get(getattr(event, "stream_id", 0) or 0)
+                    if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        if stream is not None:
+                            stream.headers.update(dict(event.headers))
+                    elif isinstance(event, h2.events.DataReceived):
+                        self._h2.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                        if stream is not None:
+                            stream.data += event.data
+                    elif isinstance(event, h2.events.StreamEnded) and stream is not None:
+                        stream.ended = True
+                    elif isinstance(event, h2.events.StreamReset) and stream is not None:
+                        stream.reset = True
+                    elif isinstance(event, h2.events.ConnectionTerminated):
+                        self.closed = True
+                self._writer.write(self._h2.data_to_send())
+                await self._writer.drain()
+        except (OSError, asyncio.CancelledError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            self.closed = True
+
+    def finished(self, stream_id: int) -> bool:
+        stream = self.streams[stream_id]
+        return stream.ended or stream.reset or self.closed
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await self._task
+        self._writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()
+
+
+@pytest_asyncio.fixture
+async def raw_h2() -> AsyncIterator[Callable[[int], Awaitable[RawHttp2]]]:
+    """``await raw_h2(port)``: a :class:`RawHttp2` connection to 127.0.0.1, closed after."""
+    opened: list[RawHttp2] = []
+
+    async def connect(port: int) -> RawHttp2:
+        connection = await RawHttp2.connect(port)
+        opened.append(connection)
+        return connection
+
+    yield connect
+    for connection in opened:
+        await connection.close()

@@ -76,9 +76,11 @@ def test_other_fields_untouched() -> None:
         "ratio": 0.5,
         "flag": True,
         "nothing": None,
-        "text": "cbsk_short_not_a_key",
+        "text": "a plain sentence, with punctuation: ok?",
     }
     assert _redact(event) == event
+    # Anything shaped like a key is masked whole, even when it is not a valid key (issue 9).
+    assert _redact({"text": "cbsk_short_not_a_key"})["text"] == "cbsk_<redacted>"
 
 
 def test_key_inside_nested_values_is_masked() -> None:
