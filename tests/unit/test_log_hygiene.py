@@ -16,7 +16,7 @@ def _installed() -> None:
 
 
 def test_key_with_a_bad_byte_is_masked_whole(caplog: pytest.LogCaptureFixture) -> None:
-    token, parsed = generate_key()
+    token, _parsed = generate_key()
     broken = (f"Bearer {token[:30]}").encode() + b"\xff" + token[31:].encode()
     caplog.set_level(logging.DEBUG)
     logging.getLogger("grpc._cython.cygrpc").error("Invalid encoding on %s", broken)

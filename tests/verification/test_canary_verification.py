@@ -203,7 +203,7 @@ async def _malformed_key_calls(raw_h2: Any, port: int, token: str) -> int:
         )
         await connection.flush()
     deadline = time.monotonic() + 10
-    while not all(c.finished(s) for c, s in calls) and time.monotonic() < deadline:
+    while not all(c.finished(s) for c, s in calls) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.05)
     return len(calls)
 
@@ -237,7 +237,7 @@ async def test_canary_scan_with_verification_on(
     needles = {label: forms(value) for label, value in canaries.items()}
     parsed = parse_key(token)
     assert parsed is not None
-    needles["the secret key"] = windows(parsed.secret) + [token[-12:].encode()]
+    needles["the secret key"] = [*windows(parsed.secret), token[-12:].encode()]
     found = leaks(needles, places)
     assert found == [], found[:20]
     queries = [p for p, data in places.items() if b"?key=" in data or b"?api_key=" in data]
@@ -326,7 +326,7 @@ async def test_production_logs_with_verification_on(
     assert parsed is not None
     needles = {
         "the canary": forms(secret),
-        "the secret key": windows(parsed.secret) + [token[-12:].encode()],
+        "the secret key": [*windows(parsed.secret), token[-12:].encode()],
     }
     found = leaks(needles, {"stdout": stdout, "stderr": stderr})
     assert found == [], found
