@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from credbroker import log_hygiene, metrics
 from credbroker.admission import Admission, Auditor, Credential
+from credbroker.admission.limits import Limits, LimitSettings
 from credbroker.api.audit_service import AuditServicer
 from credbroker.api.connections import ConnectionServicer
 from credbroker.api.handlers import GrpcRegistry
@@ -109,6 +110,8 @@ class RunningServer:
     """Base URL of the HTTP server in links handed out ("" without an HTTP listener)."""
     event_hub: EventHub | None = None
 
+    server_limits: Limits | None = None
+
     @property
     def http_port(self) -> int:
         return self.http.port if self.http is not None else 0
@@ -154,6 +157,17 @@ def _server_options(settings: Settings) -> list[tuple[str, int]]:
         # server would silently share a port already in use.
         ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
     ]
+
+
+def limit_settings(settings: Settings) -> LimitSettings:
+    return LimitSettings(
+        max_concurrent_rpcs=settings.max_concurrent_rpcs,
+        first_message_seconds=settings.first_message_timeout,
+        max_unauthenticated_per_peer=settings.max_unauthenticated_per_peer,
+        max_watch_streams=settings.max_watch_streams,
+        max_watch_streams_per_peer=settings.max_watch_streams_per_peer,
+        watch_max_age_seconds=settings.watch_max_age,
+    )
 
 
 def _add_port(server: grpc.aio.Server, settings: Settings, address: str) -> int:
@@ -324,15 +338,17 @@ async def start_server(
     audit_log = GroupCommitAuditLog(
         PostgresAuditLog(backend.db), on_batch=metrics.AUDIT_BATCH.observe
     )
+    limits = Limits(limit_settings(settings))
     admission = Admission(
         {Credential.SECRET_KEY: keys.authenticate},
         Auditor(audit_log),
         max_seconds=settings.rpc_timeout,
         passthrough=(grpc.aio.AbortError,),
+        limits=limits,
     )
     server = grpc.aio.server(
         options=_server_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        maximum_concurrent_rpcs=settings.max_open_rpcs,  # memory backstop; see admission/limits.py
     )
     registry = GrpcRegistry(server, admission, REQUIRED_SCOPES)
     registry.add(
@@ -404,6 +420,7 @@ async def start_server(
         state,
         public_url,
         event_hub,
+        limits,
     )
 
 

@@ -39,7 +39,28 @@ class Settings(BaseSettings):
     rpc_timeout: float = Field(
         10.0, gt=0, le=600, description="server-side deadline per RPC, seconds"
     )
-    max_concurrent_rpcs: int = Field(256, ge=1, description="beyond this, RESOURCE_EXHAUSTED")
+    max_concurrent_rpcs: int = Field(
+        256, ge=1, description="authenticated calls served at once; beyond, RESOURCE_EXHAUSTED"
+    )
+    max_open_rpcs: int = Field(
+        4096,
+        ge=1,
+        description="gRPC's own cap on calls open at once, counted before authentication "
+        "(a memory backstop, keep it well above the other limits)",
+    )
+    first_message_timeout: float = Field(
+        5.0, gt=0, le=600, description="seconds a call may take to send its request message"
+    )
+    max_unauthenticated_per_peer: int = Field(
+        16, ge=1, description="health calls (no key) in flight per client address"
+    )
+    max_watch_streams: int = Field(256, ge=1, description="Health/Watch streams open at once")
+    max_watch_streams_per_peer: int = Field(
+        16, ge=1, description="Health/Watch streams open at once per client address"
+    )
+    watch_max_age: float = Field(
+        600.0, gt=0, description="seconds after which a Health/Watch stream ends (OK)"
+    )
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="largest request accepted")
     shutdown_grace: float = Field(5.0, ge=0, description="seconds in-flight RPCs get on shutdown")
     verify_credentials: bool = Field(

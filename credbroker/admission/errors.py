@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from credbroker.admission.limits import FirstMessageTimeout
 from credbroker.domain.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -101,6 +102,9 @@ REFERENCE_CODES: dict[str, str] = {
     "UNKNOWN_ROUTE": "unknown_route",
     "METHOD_NOT_ALLOWED": "method_not_allowed",
     "DEADLINE_EXCEEDED": "request_timeout",
+    "REQUEST_MESSAGE_TIMEOUT": "request_timeout",
+    "CONCURRENCY_LIMIT": "too_many_request",
+    "TOO_MANY_REQUESTS": "too_many_request",
     "INTERNAL": "server_error",
 }
 
@@ -192,6 +196,13 @@ def failure_for(error: Exception, request_id: str) -> Failure:
         failure = domain_failure(error)
         log.info("rpc failed", code=failure.code.label, reason=error.reason)
         return failure
+    if isinstance(error, FirstMessageTimeout):
+        log.info("rpc refused", code="DEADLINE_EXCEEDED", reason="REQUEST_MESSAGE_TIMEOUT")
+        return Failure(
+            ErrorCode.DEADLINE_EXCEEDED,
+            "no request message arrived in time",
+            "REQUEST_MESSAGE_TIMEOUT",
+        )
     if isinstance(error, TimeoutError):
         log.warning("rpc exceeded the server deadline")
         return deadline_exceeded()

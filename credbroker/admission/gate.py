@@ -13,6 +13,7 @@ token, the request and its handler. ``run`` returns the handler's response or ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import enum
 import os
@@ -28,6 +29,7 @@ from credbroker.admission import errors
 from credbroker.admission.audit import Audit, Auditor, CreatedId, ResourceIds
 from credbroker.admission.audit import no_created_id as _no_created_id
 from credbroker.admission.audit import no_resources as _no_resources
+from credbroker.admission.limits import Limits, LimitSettings
 from credbroker.domain.models import Principal, Scope
 
 log = structlog.get_logger("credbroker.api")
@@ -104,11 +106,13 @@ class Admission:
         *,
         max_seconds: float,
         passthrough: tuple[type[BaseException], ...] = (),
+        limits: Limits | None = None,
     ) -> None:
         self._authenticators = dict(authenticators)
         self._auditor = auditor
         self._max_seconds = max_seconds
         self._passthrough = passthrough
+        self.limits = limits or Limits(LimitSettings())
 
     @property
     def auditor(self) -> Auditor:
@@ -158,9 +162,18 @@ class Admission:
         *,
         remaining: float | None = None,
         absent_reason: str = "UNAUTHENTICATED",
+        receive: Callable[[Any], Awaitable[Any]] | None = None,
+        peer: str = "",
     ) -> Any:
         """Admits the caller, runs ``handler(request, context)`` and returns its response, or
-        raises Refused. ``remaining`` is the client's own deadline in seconds, if any."""
+        raises Refused. ``remaining`` is the client's own deadline in seconds, if any.
+
+        ``receive``, when given, turns ``request`` into the request message once the caller is
+        authenticated (a transport that has only the headers so far: a caller without a valid
+        key is refused before any message is read). ``peer`` (the client's address) limits calls
+        that need no credential per address; authenticated calls take a slot of
+        ``max_concurrent_rpcs`` once their message arrived (:mod:`credbroker.admission.limits`).
+        """
         request_id = start_request(op.name)
         principal: Principal | None = None
         event_id: int | None = None
@@ -171,27 +184,33 @@ class Admission:
         try:
             async with asyncio.timeout(deadline):
                 if op.credential is Credential.NONE:
-                    return await handler(op.decode(request), context)
+                    with self._unauthenticated(peer):
+                        if receive is not None:
+                            request = await receive(request)
+                        return await handler(op.decode(request), context)
                 principal = await self._authenticated(op, token, absent_reason)
+                if receive is not None:
+                    request = await receive(request)
                 self._authorize(op, principal)
                 request = op.decode(request)
-                if op.audit is Audit.NONE:
-                    return await handler(request, context)
-                resources = op.resources(request)
-                event_id = await self._auditor.before(
-                    op.audit, request_id, principal, op.name, resources
-                )
-                response = await handler(request, context)
-                await self._auditor.succeeded(
-                    op.audit,
-                    event_id,
-                    request_id,
-                    principal,
-                    op.name,
-                    resources,
-                    op.created(response),
-                )
-                return response
+                with self.limits.admitted():
+                    if op.audit is Audit.NONE:
+                        return await handler(request, context)
+                    resources = op.resources(request)
+                    event_id = await self._auditor.before(
+                        op.audit, request_id, principal, op.name, resources
+                    )
+                    response = await handler(request, context)
+                    await self._auditor.succeeded(
+                        op.audit,
+                        event_id,
+                        request_id,
+                        principal,
+                        op.name,
+                        resources,
+                        op.created(response),
+                    )
+                    return response
         except Exception as error:  # last-resort mapping (re-raises passthrough exceptions)
             if self._passthrough and isinstance(error, self._passthrough):
                 code = "HANDLER_ABORT"
@@ -205,6 +224,10 @@ class Admission:
             raise errors.Refused(failure) from None
         finally:
             op._finished(code, time.perf_counter() - started)
+
+    def _unauthenticated(self, peer: str) -> contextlib.AbstractContextManager[None]:
+        """The per-address cap on calls without a credential (none without an address)."""
+        return self.limits.unauthenticated(peer) if peer else contextlib.nullcontext()
 
 
 def start_request(name: str) -> str:

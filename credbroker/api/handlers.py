@@ -8,7 +8,7 @@ after authentication, with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
@@ -22,6 +22,7 @@ from credbroker.admission import (
     failure_for,
     start_request,
 )
+from credbroker.admission.limits import aged
 from credbroker.api import errors
 from credbroker.api.audit import audit_rule, created_connection_id, resource_ids
 from credbroker.domain.errors import InvalidArgumentError
@@ -138,13 +139,16 @@ class GrpcRegistry:
 
     def _wrap(self, handler: Any, method: str) -> Any:
         """A copy of ``handler`` (a grpc RpcMethodHandler namedtuple) whose behavior admits the
-        caller first; same cardinality and serializers."""
+        caller first; same serializers. A unary request is served as a request stream (same
+        wire format): admission then runs on the headers, and the message is read only for an
+        authenticated caller, within the first-message bound (credbroker.admission.limits)."""
         op = self.operation(method)
         handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.response_streaming:
             return self._wrap_streaming(handler, op)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
         run = self._admission.run
+        receive = None if handler.request_streaming else self._admission.limits.first_message
 
         async def unary(request: Any, context: Context) -> Any:
             try:
@@ -155,32 +159,39 @@ class GrpcRegistry:
                     context,
                     behavior,
                     remaining=context.time_remaining(),
+                    receive=receive,
+                    peer=context.peer(),
                 )
             except Refused as refused:
                 await errors.abort(context, refused.failure)
 
-        field = "stream_unary" if handler.request_streaming else "unary_unary"
-        return handler._replace(**{field: unary})
+        return handler._replace(request_streaming=True, unary_unary=None, stream_unary=unary)
 
     def _wrap_streaming(self, handler: Any, op: Operation) -> Any:
-        behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+        """Streams: Health/Watch (no key) takes a slot of the global and per-address Watch caps;
+        it and reflection end after the stream age limit. Other streams (WatchConnections)
+        carry their own per-key and total caps."""
+        unary_request = not handler.request_streaming
+        behavior = handler.unary_stream if unary_request else handler.stream_stream
         admission = self._admission
+        limits = admission.limits
         exempt = op.credential is Credential.NONE
+        max_age = limits.stream_max_age if exempt or op.any_scope else None
 
-        async def streaming(request: Any, context: Context) -> AsyncIterator[Any]:
+        async def streaming(requests: Any, context: Context) -> AsyncIterator[Any]:
             request_id = start_request(op.name)
             try:
-                if not exempt:
-                    await admission.admit(op, bearer_token(context.invocation_metadata()))
-                request = (
-                    _checked_stream(request) if handler.request_streaming else _checked(request)
-                )
-                result = behavior(request, context)
-                if inspect.isawaitable(result):  # a handler that streams with context.write()
-                    await result
-                    return
-                async for response in result:
-                    yield response
+                with contextlib.ExitStack() as held:
+                    if exempt:
+                        held.enter_context(limits.watch(context.peer()))
+                    else:
+                        await admission.admit(op, bearer_token(context.invocation_metadata()))
+                    if unary_request:
+                        request = _checked(await limits.first_message(requests))
+                    else:
+                        request = _checked_stream(requests)
+                    async for response in aged(behavior(request, context), max_age):
+                        yield response
             except grpc.aio.AbortError:
                 raise
             except Refused as refused:
@@ -188,5 +199,4 @@ class GrpcRegistry:
             except Exception as error:  # noqa: BLE001 - last-resort mapping
                 await errors.abort(context, failure_for(error, request_id))
 
-        field = "stream_stream" if handler.request_streaming else "unary_stream"
-        return handler._replace(**{field: streaming})
+        return handler._replace(request_streaming=True, unary_stream=None, stream_stream=streaming)

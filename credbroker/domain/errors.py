@@ -86,4 +86,6 @@ class DataIntegrityError(DomainError):
 
 
 class ResourceExhaustedError(DomainError):
+    """A limit that protects the server was reached; retry later."""
+
     reason = "RESOURCE_EXHAUSTED"
