@@ -132,7 +132,7 @@ async def test_watch_streams_are_capped_and_aged(
     assert await _authenticated_call_works(one_worker.port, tenant) < 2.0
     # Health itself still answers another peer... and this one, by Check.
     async with grpc.aio.insecure_channel(f"127.0.0.1:{one_worker.port}") as channel:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(  # type: ignore[no-untyped-call]
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(), timeout=5
         )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -144,4 +144,5 @@ async def test_watch_streams_are_capped_and_aged(
     assert statuses[grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]] == ATTACK_STREAMS - len(served)
     # Everything was given back.
     limits = one_worker.server_limits
+    assert limits is not None
     assert limits.watch_streams == 0 and limits.authenticated_in_flight == 0
