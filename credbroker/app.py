@@ -85,13 +85,21 @@ def key_service(backend: Backend) -> KeyService:
 LAST_USED_FLUSH_SECONDS = 30.0
 
 
-async def _flush_last_used_periodically(keys: KeyService, interval: float) -> None:
+async def _flush_last_used_periodically(
+    keys: KeyService, interval: float, connections: ConnectionService | None = None
+) -> None:
+    """Every ``interval``: writes the keys' last-use and the connections' last-read times."""
     while True:
         await asyncio.sleep(interval)
         try:
             await keys.flush_last_used()
         except Exception as exc:  # noqa: BLE001 - bookkeeping only; retried next interval
             log.warning("could not record key last-use times", error_type=type(exc).__name__)
+        if connections is not None:
+            try:
+                await connections.flush_fetches()
+            except Exception as exc:  # noqa: BLE001 - bookkeeping only; retried next interval
+                log.warning("could not record connection read times", error_type=type(exc).__name__)
 
 
 @dataclass
@@ -132,6 +140,8 @@ class RunningServer:
         await asyncio.gather(*self.background, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.keys.flush_last_used()
+        with contextlib.suppress(Exception):
+            await self.connections.flush_fetches()
         await self.probe.close()
         if self.listener is not None:
             await self.listener.stop()
@@ -395,7 +405,11 @@ async def start_server(
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     state.serving = True
-    tasks = [asyncio.create_task(_flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS))]
+    tasks = [
+        asyncio.create_task(
+            _flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS, connections)
+        )
+    ]
     if settings.recheck_interval > 0:
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
     if settings.event_cleanup_interval > 0:

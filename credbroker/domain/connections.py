@@ -7,7 +7,7 @@ import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -59,6 +59,7 @@ from credbroker.domain.validation import (
     check_integration_id,
     check_metadata,
     check_page_size,
+    check_search,
     check_tags,
 )
 from credbroker.domain.verification import CredentialVerifier
@@ -66,6 +67,7 @@ from credbroker.domain.verification import CredentialVerifier
 log = structlog.get_logger("credbroker.connections")
 
 CONNECTION_NOT_FOUND = "connection not found"
+MAX_METADATA_TARGETS = 1000
 CREDENTIALS_PURPOSE = "connection.credentials"
 CONFIG_PURPOSE = "connection.connection_config"
 UPDATABLE_PATHS = frozenset({"credentials", "metadata", "connection_config", "tags"})
@@ -84,6 +86,15 @@ class ConnectionDraft:
 
     def __repr__(self) -> str:
         return f"ConnectionDraft({self.integration_id!r}, {self.connection_id!r}, <redacted>)"
+
+
+@dataclass(frozen=True)
+class FetchedConnection:
+    """A connection read by a backend: its provider and, when revealed, its secrets."""
+
+    connection: Connection
+    provider: str
+    revealed: RevealedCredentials | None = None
 
 
 def _not_found() -> NotFoundError:
@@ -126,6 +137,17 @@ class ConnectionService:
         self._cipher = cipher
         self._catalog = catalog
         self._verifier = verifier
+        # row id -> last read, written in batches by flush_fetches() (no write per read).
+        self._fetched: dict[uuid.UUID, datetime] = {}
+
+    def _note_fetch(self, connection: Connection) -> None:
+        self._fetched[connection.id] = datetime.now(UTC)
+
+    async def flush_fetches(self) -> None:
+        """Writes the read times gathered since the previous flush in one statement."""
+        fetched, self._fetched = self._fetched, {}
+        if fetched:
+            await self._repository.record_fetches(fetched)
 
     def _provider(self, name: str) -> Provider:
         provider = self._catalog.get(name)
@@ -243,7 +265,18 @@ class ConnectionService:
         )
         if connection is None:
             raise _not_found()
+        self._note_fetch(connection)
         return connection
+
+    async def fetch(
+        self, principal: Principal, integration_id: str, connection_id: str, *, reveal: bool
+    ) -> FetchedConnection:
+        """One connection as a backend reads it, with its secrets and ready-to-use auth when
+        ``reveal`` (the caller checks the scope and audits the reveal)."""
+        stored = await self._stored(principal, integration_id, connection_id)
+        self._note_fetch(stored.connection)
+        revealed = self._reveal(stored) if reveal else None
+        return FetchedConnection(stored.connection, stored.provider, revealed)
 
     async def list(
         self,
@@ -254,10 +287,21 @@ class ConnectionService:
         page_size: int,
         after: tuple[str, str] | None,
         verification_state: VerificationState | None = None,
+        integration_ids: Sequence[str] = (),
+        connection_id: str = "",
+        search: str = "",
     ) -> Page[Connection]:
+        """One page in (integration id, connection id) order. Filters combine with AND:
+        ``integration_id`` or any of ``integration_ids``, the exact ``connection_id``, a
+        case-insensitive ``search`` within connection ids, and every tag."""
         v = Violations()
         if integration_id:
             check_integration_id(v, "integration_id", integration_id)
+        for index, item in enumerate(integration_ids):
+            check_integration_id(v, f"integration_ids[{index}]", item)
+        if connection_id:
+            check_connection_id(v, "connection_id", connection_id)
+        check_search(v, "search", search)
         check_tags(v, "tags", tags)
         limit = check_page_size(v, "page_size", page_size)
         v.raise_if_any()
@@ -268,6 +312,9 @@ class ConnectionService:
             verification_state=verification_state,
             after=after,
             limit=limit + 1,
+            integration_ids=tuple(integration_ids),
+            connection_id=connection_id or None,
+            search=search or None,
         )
         items = rows[:limit]
         more = len(rows) > limit
@@ -417,6 +464,44 @@ class ConnectionService:
             verification=verification,
         )
 
+    async def set_metadata(
+        self,
+        principal: Principal,
+        integration_id: str,
+        connection_ids: Sequence[str],
+        metadata: Mapping[str, Any],
+        *,
+        merge: bool,
+    ) -> Sequence[Connection]:
+        """Replaces (or, with ``merge``, shallow-merges: top-level keys of ``metadata`` win)
+        the metadata of one or several connections of an integration, atomically: if any id
+        is unknown, or any result is too large, nothing changes."""
+        v = Violations()
+        check_integration_id(v, "provider_config_key", integration_id)
+        if not connection_ids:
+            v.add("connection_id", "is required")
+        elif len(connection_ids) > MAX_METADATA_TARGETS:
+            v.add("connection_id", f"must name at most {MAX_METADATA_TARGETS} connections")
+        for index, connection_id in enumerate(connection_ids):
+            field = "connection_id" if len(connection_ids) == 1 else f"connection_id[{index}]"
+            check_connection_id(v, field, connection_id)
+        check_metadata(v, "metadata", metadata)
+        v.raise_if_any()
+
+        def compute(current: Mapping[str, Any]) -> Mapping[str, Any]:
+            result = {**current, **metadata} if merge else dict(metadata)
+            checked = Violations()
+            check_metadata(checked, "metadata", result)
+            checked.raise_if_any()
+            return result
+
+        updated = await self._repository.update_metadata(
+            principal.environment_id, integration_id, connection_ids, compute
+        )
+        if updated is None:
+            raise _not_found()
+        return updated
+
     async def delete(self, principal: Principal, integration_id: str, connection_id: str) -> None:
         _check_ids(integration_id, connection_id)
         if not await self._repository.delete(
@@ -428,6 +513,11 @@ class ConnectionService:
         self, principal: Principal, integration_id: str, connection_id: str
     ) -> RevealedCredentials:
         stored = await self._stored(principal, integration_id, connection_id)
+        revealed = self._reveal(stored)
+        self._note_fetch(stored.connection)
+        return revealed
+
+    def _reveal(self, stored: StoredConnection) -> RevealedCredentials:
         credentials, config = self._decrypt(stored)
         auth = resolve_auth(
             self._provider(stored.provider), stored.integration_config, credentials, config

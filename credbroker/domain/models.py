@@ -145,6 +145,8 @@ class Connection:
     create_time: datetime
     update_time: datetime
     verification: VerificationRecord = UNVERIFIED
+    last_fetch_time: datetime | None = None
+    """When a backend last read the connection; recorded in batches, so it may lag."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -138,7 +138,30 @@ class ConnectionRepository(Protocol):
         verification_state: VerificationState | None = None,
         after: tuple[str, str] | None,
         limit: int,
-    ) -> list[Connection]: ...
+        integration_ids: Sequence[str] = (),
+        connection_id: str | None = None,
+        search: str | None = None,
+    ) -> list[Connection]:
+        """Sorted by (integration id, connection id), after ``after``. ``integration_ids``
+        (any of) narrows like ``integration_id``; ``connection_id`` is exact; ``search`` is a
+        case-insensitive substring of the connection id."""
+        ...
+
+    async def update_metadata(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        connection_ids: Sequence[str],
+        compute: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> Sequence[Connection] | None:
+        """In one transaction: replaces the metadata of each named connection with
+        ``compute(current metadata)``. None, with nothing changed, if any id is unknown; an
+        exception raised by ``compute`` also leaves everything unchanged."""
+        ...
+
+    async def record_fetches(self, fetched: Mapping[UUID, datetime]) -> None:
+        """Stores when connections (by row id) were last read; ids since deleted are skipped."""
+        ...
 
     async def update(
         self,

@@ -141,6 +141,16 @@ def check_metadata(v: Violations, field: str, metadata: Mapping[str, Any]) -> No
         v.add(field, "must not contain NUL characters")
 
 
+MAX_SEARCH = 255
+
+
+def check_search(v: Violations, field: str, value: str) -> None:
+    if len(value) > MAX_SEARCH:
+        v.add(field, f"must be at most {MAX_SEARCH} characters")
+    elif _has_control_chars(value):
+        v.add(field, "must not contain control characters")
+
+
 def check_page_size(v: Violations, field: str, page_size: int) -> int:
     """Returns the effective page size (0 → default, above the max → the max)."""
     if page_size < 0:

@@ -10,9 +10,9 @@ announcement listener is down, the caches are bypassed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from cachetools import TTLCache
@@ -210,6 +210,9 @@ class CachingConnectionRepository:
         verification_state: VerificationState | None = None,
         after: tuple[str, str] | None,
         limit: int,
+        integration_ids: Sequence[str] = (),
+        connection_id: str | None = None,
+        search: str | None = None,
     ) -> list[Connection]:
         return await self._inner.list(
             environment_id,
@@ -218,4 +221,24 @@ class CachingConnectionRepository:
             verification_state=verification_state,
             after=after,
             limit=limit,
+            integration_ids=integration_ids,
+            connection_id=connection_id,
+            search=search,
         )
+
+    async def update_metadata(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        connection_ids: Sequence[str],
+        compute: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> Sequence[Connection] | None:
+        updated = await self._inner.update_metadata(
+            environment_id, integration_id, connection_ids, compute
+        )
+        for connection_id in connection_ids:
+            self._forget(environment_id, integration_id, connection_id)
+        return updated
+
+    async def record_fetches(self, fetched: Mapping[UUID, datetime]) -> None:
+        await self._inner.record_fetches(fetched)

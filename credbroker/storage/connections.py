@@ -6,8 +6,9 @@ transaction, so a committed change always has its event and a rolled-back one ne
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -27,7 +28,8 @@ from credbroker.storage.events import append_event
 
 _COLUMNS = """c.id, c.environment_id, c.integration_id, c.connection_id, c.auth_mode,
     c.connection_config_keys, c.metadata, c.tags, c.version, c.create_time, c.update_time,
-    c.verification_state, c.verify_time, c.verify_http_status, c.verify_failures"""
+    c.verification_state, c.verify_time, c.verify_http_status, c.verify_failures,
+    (SELECT f.last_fetch_time FROM connection_fetches f WHERE f.id = c.id) AS last_fetch_time"""
 
 
 def _connection(row: asyncpg.Record) -> Connection:
@@ -50,6 +52,7 @@ def _connection(row: asyncpg.Record) -> Connection:
             row["verify_http_status"],
             row["verify_failures"],
         ),
+        last_fetch_time=row["last_fetch_time"],
     )
 
 
@@ -182,6 +185,9 @@ class PostgresConnectionRepository:
         verification_state: VerificationState | None = None,
         after: tuple[str, str] | None,
         limit: int,
+        integration_ids: Sequence[str] = (),
+        connection_id: str | None = None,
+        search: str | None = None,
     ) -> list[Connection]:
         after_integration, after_connection = after if after else (None, None)
         rows = await self._db.fetch(
@@ -191,6 +197,9 @@ class PostgresConnectionRepository:
                   AND tags @> $3::jsonb
                   AND ($4::text IS NULL OR (integration_id, connection_id) > ($4, $5::text))
                   AND ($7::text IS NULL OR verification_state = $7)
+                  AND ($8::text[] IS NULL OR integration_id = ANY($8::text[]))
+                  AND ($9::text IS NULL OR connection_id = $9)
+                  AND ($10::text IS NULL OR connection_id ILIKE $10 ESCAPE '\\')
                 ORDER BY integration_id, connection_id
                 LIMIT $6""",  # noqa: S608
             environment_id,
@@ -200,8 +209,58 @@ class PostgresConnectionRepository:
             after_connection,
             limit,
             verification_state.value if verification_state else None,
+            list(integration_ids) if integration_ids else None,
+            connection_id,
+            _contains_pattern(search) if search else None,
         )
         return [_connection(r) for r in rows]
+
+    async def update_metadata(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        connection_ids: Sequence[str],
+        compute: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> Sequence[Connection] | None:
+        wanted = sorted(set(connection_ids))
+        async with self._db.transaction() as tx:
+            # Locked in a fixed order, so two overlapping calls cannot deadlock.
+            rows = await tx.fetch(
+                """SELECT id, metadata FROM connections
+                   WHERE environment_id = $1 AND integration_id = $2
+                     AND connection_id = ANY($3::text[])
+                   ORDER BY connection_id FOR UPDATE""",
+                environment_id,
+                integration_id,
+                wanted,
+            )
+            if len(rows) != len(wanted):
+                return None
+            updated = await tx.fetch(
+                f"""UPDATE connections c SET metadata = u.metadata, version = version + 1,
+                        update_time = now()
+                    FROM unnest($2::uuid[], $3::jsonb[]) AS u(id, metadata)
+                    WHERE c.id = u.id AND c.environment_id = $1
+                    RETURNING {_COLUMNS}""",  # noqa: S608
+                environment_id,
+                [r["id"] for r in rows],
+                [dict(compute(r["metadata"])) for r in rows],
+            )
+        return sorted((_connection(r) for r in updated), key=lambda c: c.connection_id)
+
+    async def record_fetches(self, fetched: Mapping[UUID, datetime]) -> None:
+        if not fetched:
+            return
+        # Joined with connections so ids deleted since the read are skipped, not a FK error.
+        await self._db.execute(
+            """INSERT INTO connection_fetches (id, last_fetch_time)
+               SELECT u.id, u.fetched FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, fetched)
+               JOIN connections c ON c.id = u.id
+               ON CONFLICT (id) DO UPDATE SET last_fetch_time =
+                   greatest(connection_fetches.last_fetch_time, EXCLUDED.last_fetch_time)""",
+            list(fetched),
+            list(fetched.values()),
+        )
 
     async def update(
         self,
@@ -267,3 +326,9 @@ class PostgresConnectionRepository:
                 return False
             await append_event(tx, ConnectionEventType.DELETED, _connection(row))
         return True
+
+
+def _contains_pattern(text: str) -> str:
+    """An ILIKE pattern matching ``text`` anywhere, its own wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

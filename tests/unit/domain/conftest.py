@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -148,6 +149,7 @@ class FakeConnectionRepository:
         self.integrations = integrations
         integrations.connections = self
         self.updates: list[tuple[UUID, ConnectionChanges, int | None]] = []
+        self.fetches: list[dict[UUID, datetime]] = []
         # Concurrency hooks: hide the row from the next get(); run a callback before an update.
         self.hide_next_get = False
         self.before_update: Callable[[], None] | None = None
@@ -270,6 +272,9 @@ class FakeConnectionRepository:
         verification_state: VerificationState | None = None,
         after: tuple[str, str] | None,
         limit: int,
+        integration_ids: Sequence[str] = (),
+        connection_id: str | None = None,
+        search: str | None = None,
     ) -> list[Connection]:
         rows = sorted(
             (
@@ -277,6 +282,9 @@ class FakeConnectionRepository:
                 for c, _ in self.rows.values()
                 if c.environment_id == environment_id
                 and (integration_id is None or c.integration_id == integration_id)
+                and (not integration_ids or c.integration_id in integration_ids)
+                and (connection_id is None or c.connection_id == connection_id)
+                and (search is None or search.lower() in c.connection_id.lower())
                 and all(c.tags.get(k) == v for k, v in tags.items())
                 and (verification_state is None or c.verification.state is verification_state)
             ),
@@ -330,6 +338,33 @@ class FakeConnectionRepository:
         )
         self.rows[id] = (connection, secrets)
         return connection
+
+    async def update_metadata(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        connection_ids: Sequence[str],
+        compute: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    ) -> Sequence[Connection] | None:
+        found = [self.find(environment_id, integration_id, c) for c in sorted(set(connection_ids))]
+        if any(f is None for f in found):
+            return None
+        computed = [(f, dict(compute(f[0].metadata))) for f in found if f is not None]
+        updated = []
+        for (connection, secrets), metadata in computed:
+            connection = dataclasses.replace(
+                connection, metadata=metadata, version=connection.version + 1
+            )
+            self.rows[connection.id] = (connection, secrets)
+            updated.append(connection)
+        return updated
+
+    async def record_fetches(self, fetched: Mapping[UUID, datetime]) -> None:
+        self.fetches.append(dict(fetched))
+        for id, when in fetched.items():
+            if id in self.rows:
+                connection, secrets = self.rows[id]
+                self.rows[id] = (dataclasses.replace(connection, last_fetch_time=when), secrets)
 
     async def delete(self, environment_id: UUID, integration_id: str, connection_id: str) -> bool:
         found = self.find(environment_id, integration_id, connection_id)
