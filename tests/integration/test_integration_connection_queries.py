@@ -4,6 +4,8 @@ database (what the HTTP API's GET /connections and /connections/metadata rely on
 from __future__ import annotations
 
 import asyncio
+import os
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,10 +14,47 @@ import pytest
 
 from credbroker.bootstrap import Backend
 from credbroker.domain.errors import InvalidArgumentError
-from credbroker.domain.models import Environment
+from credbroker.domain.models import (
+    AuthMode,
+    EncryptedConnectionSecrets,
+    Environment,
+    Integration,
+)
+from credbroker.domain.ports import NewConnection
 from credbroker.storage.connections import PostgresConnectionRepository
 from credbroker.storage.integrations import PostgresIntegrationRepository
-from tests.integration.test_integration_repositories import integration, new_connection
+
+
+def integration(environment: Environment, integration_id: str) -> Integration:
+    now = datetime.now(UTC)
+    return Integration(
+        uuid.uuid4(),
+        environment.id,
+        integration_id,
+        "openai",
+        integration_id,
+        AuthMode.API_KEY,
+        now,
+        now,
+    )
+
+
+def new_connection(
+    environment: Environment, integration_id: str, connection_id: str
+) -> NewConnection:
+    # Blobs shaped like a v1 envelope header naming master key 1; never decrypted here.
+    blob = b"\x01\x01" + (1).to_bytes(4, "big") + os.urandom(64)
+    return NewConnection(
+        id=uuid.uuid4(),
+        environment_id=environment.id,
+        integration_id=integration_id,
+        connection_id=connection_id,
+        auth_mode=AuthMode.API_KEY,
+        secrets=EncryptedConnectionSecrets(blob, blob),
+        metadata={"plan": "pro", "n": 1},
+        tags={"env": "prod"},
+        connection_config_keys=(),
+    )
 
 
 @pytest.fixture

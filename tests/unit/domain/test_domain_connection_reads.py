@@ -12,7 +12,6 @@ from credbroker.domain.errors import InvalidArgumentError, NotFoundError
 from credbroker.domain.integrations import IntegrationDraft, IntegrationService
 from credbroker.domain.models import ApiKeyCredentials, Principal
 from credbroker.domain.validation import MAX_METADATA_BYTES
-from tests.unit.domain.conftest import FakeConnectionRepository
 
 
 @pytest.fixture
@@ -35,7 +34,7 @@ async def seeded(
 @pytest.mark.usefixtures("seeded")
 async def test_reads_are_recorded_in_one_batch_not_per_read(
     connection_service: ConnectionService,
-    connection_repo: FakeConnectionRepository,
+    connection_repo: Any,
     principal: Principal,
 ) -> None:
     await connection_service.get(principal, "openai", "user-1")
