@@ -43,7 +43,10 @@ from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
 from credbroker.domain.providers import ProviderCatalog, default_catalog
 from credbroker.domain.verification import CredentialVerifier
 from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
+from credbroker.rest import connections as http_connections
 from credbroker.rest import health as http_health
+from credbroker.rest import integrations as http_integrations
+from credbroker.rest import openapi
 from credbroker.rest.app import build_app
 from credbroker.rest.endpoints import HttpRoutes
 from credbroker.rest.server import HttpServer, split_address, tls_context
@@ -394,7 +397,9 @@ async def start_server(
         if port == 0:
             raise StartupError(f"cannot listen on {address}")
         if settings.http_listen:
-            http_server, public_url = await _start_http(settings, admission, state)
+            http_server, public_url = await _start_http(
+                settings, admission, state, connections, integrations
+            )
     except BaseException:
         await server.stop(None)
         await probe.close()
@@ -439,10 +444,19 @@ async def start_server(
 
 
 async def _start_http(
-    settings: Settings, admission: Admission, state: http_health.ServingState
+    settings: Settings,
+    admission: Admission,
+    state: http_health.ServingState,
+    connections: ConnectionService,
+    integrations: IntegrationService,
 ) -> tuple[HttpServer, str]:
     """Binds and starts the HTTP listener; returns it and the public base URL."""
     routes = HttpRoutes(admission, max_body_bytes=settings.max_message_bytes)
+    api_routes = [
+        *http_connections.routes(routes, connections, integrations, admission.auditor),
+        *http_integrations.routes(routes, integrations),
+        *openapi.routes(routes),
+    ]
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         try:
@@ -450,7 +464,7 @@ async def _start_http(
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the TLS certificate or key ({exc})") from None
     http_server = HttpServer(
-        build_app(http_health.routes(routes, state)),
+        build_app([*http_health.routes(routes, state), *api_routes]),
         settings.http_listen,
         reuse_port=settings.reuse_port,
         tls=tls,
