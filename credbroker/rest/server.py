@@ -72,6 +72,8 @@ class HttpServer:
         tls: ssl.SSLContext | None,
         limit_concurrency: int,
     ) -> None:
+        self.app = app
+        """The served application (the OpenAPI test lists its routes)."""
         self._address = address
         self._reuse_port = reuse_port
         self._tls = tls
