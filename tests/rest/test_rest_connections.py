@@ -14,7 +14,7 @@ from credbroker.domain.models import Scope
 from credbroker.v1 import audit_service_pb2, audit_service_pb2_grpc
 from tests.conftest import Tenant, TenantFactory
 
-SECRET = "sk-rest-canary-7f3e9a"  # noqa: S105 - a test credential, searched for in answers
+SECRET = "sk-rest-canary-7f3e9a"
 
 
 def bearer(token: str) -> dict[str, str]:
