@@ -12,7 +12,6 @@ import pytest
 
 from credbroker.domain.models import Scope
 from credbroker.v1 import audit_service_pb2, audit_service_pb2_grpc
-from tests.conftest import Tenant, TenantFactory
 
 SECRET = "sk-rest-canary-7f3e9a"
 
@@ -21,12 +20,12 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def scoped(tenant: Tenant, *scopes: Scope) -> dict[str, str]:
+async def scoped(tenant: Any, *scopes: Scope) -> dict[str, str]:
     token, _ = await tenant.keys.create_key(tenant.environment, frozenset(scopes))
     return bearer(token)
 
 
-async def seed(http: httpx.AsyncClient, tenant: Tenant, *connection_ids: str) -> None:
+async def seed(http: httpx.AsyncClient, tenant: Any, *connection_ids: str) -> None:
     headers = bearer(tenant.key)
     created = await http.post(
         "/integrations", json={"unique_key": "openai", "provider": "openai"}, headers=headers
@@ -50,7 +49,7 @@ async def seed(http: httpx.AsyncClient, tenant: Tenant, *connection_ids: str) ->
 
 
 async def test_get_with_credentials_read_reveals_and_is_audited(
-    http: httpx.AsyncClient, tenant: Tenant, channel: grpc.aio.Channel
+    http: httpx.AsyncClient, tenant: Any, channel: grpc.aio.Channel
 ) -> None:
     await seed(http, tenant, "user-1")
     response = await http.get(
@@ -77,7 +76,7 @@ async def test_get_with_credentials_read_reveals_and_is_audited(
 
 
 async def test_get_without_credentials_read_has_no_credentials_field(
-    http: httpx.AsyncClient, tenant: Tenant
+    http: httpx.AsyncClient, tenant: Any
 ) -> None:
     await seed(http, tenant, "user-1")
     headers = await scoped(tenant, Scope.CONNECTIONS_READ)
@@ -89,9 +88,7 @@ async def test_get_without_credentials_read_has_no_credentials_field(
         assert "headers" not in body["credbroker"] and SECRET not in response.text
 
 
-async def test_reference_sdk_query_flags_are_accepted(
-    http: httpx.AsyncClient, tenant: Tenant
-) -> None:
+async def test_reference_sdk_query_flags_are_accepted(http: httpx.AsyncClient, tenant: Any) -> None:
     await seed(http, tenant, "user-1")
     params = {
         "provider_config_key": "openai",
@@ -111,7 +108,7 @@ async def test_reference_sdk_query_flags_are_accepted(
 
 
 async def test_errors_use_the_reference_codes_and_never_echo_input(
-    http: httpx.AsyncClient, tenant: Tenant, make_tenant: TenantFactory
+    http: httpx.AsyncClient, tenant: Any, make_tenant: Any
 ) -> None:
     await seed(http, tenant, "user-1")
     headers = bearer(tenant.key)
@@ -220,7 +217,7 @@ async def test_errors_use_the_reference_codes_and_never_echo_input(
 
 
 async def test_another_environments_connection_is_answered_like_a_missing_one(
-    http: httpx.AsyncClient, tenant: Tenant, make_tenant: TenantFactory
+    http: httpx.AsyncClient, tenant: Any, make_tenant: Any
 ) -> None:
     await seed(http, tenant, "user-1")
     other = await make_tenant()
@@ -234,7 +231,7 @@ async def test_another_environments_connection_is_answered_like_a_missing_one(
     assert [c["connection_id"] for c in listed.json()["connections"]] == ["mine"]
 
 
-async def test_list_filters_and_keyset_pages(http: httpx.AsyncClient, tenant: Tenant) -> None:
+async def test_list_filters_and_keyset_pages(http: httpx.AsyncClient, tenant: Any) -> None:
     await seed(http, tenant, *(f"c-{i:02d}" for i in range(7)), "other-x")
     headers = bearer(tenant.key)
     seen: list[str] = []
@@ -280,7 +277,7 @@ async def test_list_filters_and_keyset_pages(http: httpx.AsyncClient, tenant: Te
 
 
 async def test_tags_patch_metadata_replace_and_merge_and_delete(
-    http: httpx.AsyncClient, tenant: Tenant
+    http: httpx.AsyncClient, tenant: Any
 ) -> None:
     await seed(http, tenant, "a", "b")
     headers = bearer(tenant.key)
@@ -317,9 +314,7 @@ async def test_tags_patch_metadata_replace_and_merge_and_delete(
     assert again.status_code == 404 and again.json()["error"]["code"] == "unknown_connection"
 
 
-async def test_import_replaces_an_existing_connection(
-    http: httpx.AsyncClient, tenant: Tenant
-) -> None:
+async def test_import_replaces_an_existing_connection(http: httpx.AsyncClient, tenant: Any) -> None:
     await seed(http, tenant, "a")
     headers = bearer(tenant.key)
     replaced = await http.post(
@@ -352,7 +347,7 @@ async def test_import_replaces_an_existing_connection(
 
 @pytest.mark.parametrize("field", ["end_user", "webhook_url_override", "surprise"])
 async def test_import_refuses_fields_it_does_not_support(
-    http: httpx.AsyncClient, tenant: Tenant, field: str
+    http: httpx.AsyncClient, tenant: Any, field: str
 ) -> None:
     await seed(http, tenant)
     response = await http.post(
