@@ -64,6 +64,10 @@ RESULTS = BENCH / "results"
 BIN = Path(sys.executable).parent
 
 NOOP_METHOD = "/credbroker.bench.Noop/Ping"
+HTTP_NOOP = "http-noop"  # GET /noop on bench/http_noop.py: the HTTP stack's ceiling
+HTTP_GET = "HttpGetConnection"  # GET /connections/{id} over HTTP/1.1 keep-alive
+HTTP_METHODS = frozenset({HTTP_NOOP, HTTP_GET})
+HTTP_AUDIT_METHOD = "GET /connections/{connection_id}"
 SERVICE = "/credbroker.v1.ConnectionService/"
 PAGE_SIZE = 50
 QUIET_CORES = 0.3  # CPU used by other work (between points) above which a point waits a little
@@ -97,6 +101,11 @@ class Call:
     expect: dict[str, Any]
 
     @property
+    def http(self) -> bool:
+        """An HTTP/1.1 call to the HTTP listener (else a gRPC call)."""
+        return self.name in HTTP_METHODS
+
+    @property
     def title(self) -> str:
         return f"{self.name} ({self.variant})" if self.variant else self.name
 
@@ -107,6 +116,13 @@ def build_call(name: str, variant: str, rows: int) -> Call:
     target = rows // 2
     if name == "noop":
         return Call(name, variant, NOOP_METHOD, b"", {})
+    if name == HTTP_NOOP:
+        return Call(name, variant, "/noop", b"", {})
+    if name == HTTP_GET:
+        path = (
+            f"/connections/{seed.connection_id(target)}?provider_config_key={seed.INTEGRATION_ID}"
+        )
+        return Call(name, variant, path, b"", {"api_key": seed.api_key(target)})
     if name == "AccessCredentials":
         access = pb.AccessCredentialsRequest(
             integration_id=seed.INTEGRATION_ID, connection_id=seed.connection_id(target)
@@ -156,6 +172,13 @@ def check_response(call: Call, raw: bytes) -> str | None:
 
     if call.name == "noop":
         return None if raw == b"" else "non-empty no-op response"
+    if call.name == HTTP_NOOP:
+        return None if json.loads(raw) == {} else "unexpected no-op body"
+    if call.name == HTTP_GET:
+        body = json.loads(raw)
+        if body.get("credentials") != {"type": "API_KEY", "apiKey": call.expect["api_key"]}:
+            return "GET /connections/{id} returned other credentials"
+        return None
     if call.name == "AccessCredentials":
         reply = pb.AccessCredentialsResponse.FromString(raw)
         if reply.credentials.api_key.api_key != call.expect["api_key"]:
@@ -174,7 +197,18 @@ def check_response(call: Call, raw: bytes) -> str | None:
 
 
 def sample(port: int, call: Call, token: str | None) -> tuple[bytes | None, str | None]:
-    """The call made once with the Python gRPC client: (raw response, error or None)."""
+    """The call made once with the Python gRPC client (HTTP calls with urllib): (raw response,
+    error or None)."""
+    if call.http:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{call.path}")
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+                raw = response.read()
+        except OSError as exc:
+            return None, f"HTTP: {exc}"
+        return raw, check_response(call, raw)
     metadata = (("authorization", f"Bearer {token}"),) if token else None
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub: Any = channel.unary_unary(call.path)
@@ -382,6 +416,7 @@ class LoadResult:
     failed: int
     rps: float
     data_bytes: int
+    not_2xx: int  # HTTP answers other than 2xx (gRPC errors still answer 200)
     latencies_us: list[int]
     client_cpu_s: float
     command: list[str]
@@ -401,25 +436,24 @@ def h2load(
     log_file: Path | None,
 ) -> LoadResult:
     clients, streams = split_concurrency(level)
-    command = [
-        binary,
-        "-D",
-        f"{round(seconds * 1000)}ms",
-        "-c",
-        str(clients),
-        "-m",
-        str(streams),
-        "-t",
-        "1",
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-        "-H",
-        "grpc-accept-encoding: identity",
-        "-d",
-        str(body_file),
-    ]
+    command = [binary, "-D", f"{round(seconds * 1000)}ms", "-t", "1"]
+    if call.http:  # HTTP/1.1 keep-alive: one request in flight per connection
+        command += ["--h1", "-c", str(level), "-m", "1"]
+    else:
+        command += [
+            "-c",
+            str(clients),
+            "-m",
+            str(streams),
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "-H",
+            "grpc-accept-encoding: identity",
+            "-d",
+            str(body_file),
+        ]
     if token:
         command += ["-H", f"authorization: Bearer {token}"]
     if log_file is not None:
@@ -441,7 +475,8 @@ def h2load(
         out,
     )
     traffic = re.search(r"traffic: .*\((\d+)\) total, .*\((\d+)\) headers.*\((\d+)\) data", out)
-    assert finished and counts and traffic, out
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    assert finished and counts and traffic and codes, out
     latencies = []
     if log_file is not None:
         for line in log_file.read_text().splitlines():
@@ -453,6 +488,7 @@ def h2load(
         requests=int(counts.group(3)),
         succeeded=int(counts.group(4)),
         failed=int(counts.group(5)) + int(counts.group(6)),
+        not_2xx=sum(int(codes.group(i)) for i in (2, 3, 4, 5)),
         rps=float(finished.group(2)),
         data_bytes=int(traffic.group(3)),
         latencies_us=latencies,
@@ -535,7 +571,8 @@ def metrics_delta(before: Any, after: Any, method: str) -> dict[str, Any] | None
         delta = value - before.get((name, labels), 0.0)
         tags = dict(labels)
         code = tags.get("code") or tags.get("grpc_code")
-        if code and tags.get("method", "").rsplit("/", 1)[-1] == method:
+        named = tags.get("method", "")
+        if code and method in (named, named.rsplit("/", 1)[-1]):
             rpcs[code] = rpcs.get(code, 0.0) + delta
         elif "cache" in name and delta:
             cache["/".join(v for _, v in labels) or name] = delta
@@ -605,6 +642,7 @@ class Bench:
             env={**os.environ, "CREDBROKER_LOG_LEVEL": "warning"},
         ).stdout
         self.has_workers = "--workers" in help_text
+        self.has_http = "--http-listen" in help_text
         self.has_metrics = "--metrics-listen" in help_text
         self.keyring_file = seed.ensure_keyring(DATA / "keyring.json")
         self.tmp = Path(tempfile.mkdtemp(prefix="credbroker-bench-"))
@@ -665,8 +703,23 @@ class Bench:
             ]
             ready = build_call("noop", "", 0)
             token = None
+        elif group.server == HTTP_NOOP:
+            command = [
+                sys.executable,
+                str(BENCH / "http_noop.py"),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--loop",
+                self.loop_kind,
+            ]
+            ready = build_call(HTTP_NOOP, "", 0)
+            token = None
         else:
             command = [self.credbroker, "serve", "--listen", f"127.0.0.1:{port}"]
+            http_port = 0
+            if self.has_http:  # a free port of its own, never the default 8080
+                http_port = free_port()
+                command += ["--http-listen", f"127.0.0.1:{http_port}"]
             if self.has_workers:
                 command += ["--workers", str(group.workers)]
             if self.has_metrics:
@@ -688,6 +741,15 @@ class Bench:
             raise
         if group.server == "credbroker":
             self.loop_kind = server.loop_kind()
+            if group.method in HTTP_METHODS:  # the group's calls go to the HTTP listener
+                port = http_port
+                try:
+                    wait_ready(
+                        server, port, build_call(HTTP_GET, "", group.dataset.rows), token, 30
+                    )
+                except Exception:
+                    server.stop()
+                    raise
         self.servers.append(
             {
                 "name": name,
@@ -714,7 +776,7 @@ class Bench:
 
     def run_group(self, group: Group) -> None:
         server, port, metrics_port = self.start(group)
-        token = None if group.server == "noop" else self.token(group.dataset)
+        token = None if group.server in ("noop", HTTP_NOOP) else self.token(group.dataset)
         log(
             f"{server.name}: up on 127.0.0.1:{port} ({len(server.tree())} process(es), "
             f"{server.loop_kind()} loop)"
@@ -766,7 +828,8 @@ class Bench:
             raise RuntimeError(f"{call.title} on {dataset.label} fails before load: {error}")
         frame = 5 + len(raw)
         body.write_bytes(b"\x00" + len(call.body).to_bytes(4, "big") + call.body)
-        audited = group.server == "credbroker" and call.name == "AccessCredentials"
+        audited = group.server == "credbroker" and call.name in ("AccessCredentials", HTTP_GET)
+        audit_method = HTTP_AUDIT_METHOD if call.http else SERVICE + "AccessCredentials"
         mark = audit_mark(dataset.dsn) if audited else 0
         metrics_before = scrape(metrics_port)
 
@@ -813,6 +876,9 @@ class Bench:
         checks: dict[str, Any] = {"response_frame_bytes": frame}
         short = {}
         for label, run in (("warmup", warm), ("measured", result)):
+            if call.http:  # bodies vary in size (timestamps); HTTP has real status codes
+                short[label] = run.not_2xx + run.failed
+                continue
             missing = run.requests * frame - run.data_bytes
             short[label] = max(0, math.ceil(missing / frame))
             if run.failed:
@@ -822,13 +888,15 @@ class Bench:
         checks["sample_after"] = error_after or ("OK" if raw_after is not None else "failed")
         errors = sum(short.values()) + (0 if error_after is None else 1)
         if audited:
-            ok_rows, other_rows = audit_since(dataset.dsn, mark, SERVICE + "AccessCredentials")
+            ok_rows, other_rows = audit_since(dataset.dsn, mark, audit_method)
             expected = warm.requests + result.requests + 2
             checks["audit_ok_rows"] = ok_rows
             checks["audit_other_rows"] = other_rows
             checks["audit_expected_at_least"] = expected
             errors += other_rows + max(0, expected - ok_rows)
-        counted = metrics_delta(metrics_before, scrape(metrics_port), call.name)
+        counted = metrics_delta(
+            metrics_before, scrape(metrics_port), HTTP_AUDIT_METHOD if call.http else call.name
+        )
         if counted is not None:
             checks["metrics"] = counted
             by_code = counted["rpcs_by_code"]
@@ -1093,8 +1161,8 @@ def evaluate_targets(
 ) -> list[dict[str, Any]]:
     targets: list[dict[str, Any]] = []
 
-    def add(name: str, met: bool | None, detail: str) -> None:
-        targets.append({"target": name, "met": met, "detail": detail})
+    def add(name: str, met: bool | None, detail: str, *, info: bool = False) -> None:
+        targets.append({"target": name, "met": met, "detail": detail, "info": info})
 
     ac64 = _find(points, dataset=small, method="AccessCredentials", concurrency=64, workers=1)
     noop64 = _find(points, dataset=small, method="noop", concurrency=64, workers=1)
@@ -1104,6 +1172,18 @@ def evaluate_targets(
             "AccessCredentials throughput at 64 in flight >= 60% of the no-op ceiling",
             ratio >= 0.60,
             f"{ac64.rps:.0f} vs {noop64.rps:.0f} req/s = {100 * ratio:.0f}%",
+        )
+    http64 = _find(points, dataset=small, method=HTTP_GET, concurrency=64, workers=1)
+    http_noop64 = _find(points, dataset=small, method=HTTP_NOOP, concurrency=64, workers=1)
+    if http64 and http_noop64:
+        versus = f" (AccessCredentials {ac64.rps:.0f} req/s)" if ac64 else ""
+        add(
+            "GET /connections/{id} over HTTP/1.1 at 64 connections, vs the HTTP no-op "
+            "(no target set; for comparison)",
+            None,
+            f"{http64.rps:.0f} vs {http_noop64.rps:.0f} req/s = "
+            f"{100 * http64.rps / http_noop64.rps:.0f}%{versus}",
+            info=True,
         )
     details, met = [], True
     for method in ("AccessCredentials", "GetConnection", "ListConnections"):
@@ -1230,7 +1310,9 @@ def markdown(report: dict[str, Any], points: list[Point]) -> str:
         f"{NOISY_CORES} the point is marked noisy: its figures are low by an unknown amount.",
         "",
     ]
-    noop = {(p.workers, p.concurrency): p for p in points if p.method == "noop"}
+    noop = {
+        (p.method, p.workers, p.concurrency): p for p in points if p.method in ("noop", HTTP_NOOP)
+    }
     for dataset in dict.fromkeys(p.dataset for p in points):
         rows = next(p.rows for p in points if p.dataset == dataset)
         lines += [
@@ -1244,11 +1326,12 @@ def markdown(report: dict[str, Any], points: list[Point]) -> str:
         for p in points:
             if p.dataset != dataset:
                 continue
-            base = noop.get((p.workers, p.concurrency))
-            rel = p.rps / base.rps if base and p.method != "noop" else None
+            ceiling = HTTP_NOOP if p.method in HTTP_METHODS else "noop"
+            base = noop.get((ceiling, p.workers, p.concurrency))
+            rel = p.rps / base.rps if base and p.method != ceiling else None
             rel99 = (
                 p.latency_ms["p99"] / base.latency_ms["p99"]
-                if base and p.method != "noop"
+                if base and p.method != ceiling
                 else None
             )
             title = f"{p.method} ({p.variant})" if p.variant else p.method
@@ -1282,6 +1365,8 @@ def markdown(report: dict[str, Any], points: list[Point]) -> str:
     lines += ["## Targets", ""]
     for t in report["targets"]:
         verdict = {True: "**met**", False: "**not met**", None: "not measured"}[t["met"]]
+        if t.get("info"):
+            verdict = "measured"
         lines.append(f"- {t['target']}: {verdict} — {t['detail']}")
     lines.append("")
     if report.get("profile"):
@@ -1385,7 +1470,10 @@ def parse_args() -> argparse.Namespace:
         default=1000,
         help="random-row AccessCredentials calls per dataset (0: none)",
     )
-    parser.add_argument("--methods", default="noop,AccessCredentials,GetConnection,ListConnections")
+    parser.add_argument(
+        "--methods",
+        default=f"noop,AccessCredentials,GetConnection,ListConnections,{HTTP_NOOP},{HTTP_GET}",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -1447,6 +1535,8 @@ def plan(bench: Bench, small: seed.Dataset, big: seed.Dataset | None) -> list[Gr
     mid = [x for x in levels if x in (16, 64)] or levels[:2]
     groups = []
     for method in args.methods:
+        if method in HTTP_METHODS:
+            continue  # below: 64 keep-alive connections only
         server = "noop" if method == "noop" else "credbroker"
         points = [("first page" if method == "ListConnections" else "", lv) for lv in levels]
         if method == "ListConnections" and 16 in levels:
@@ -1479,6 +1569,11 @@ def plan(bench: Bench, small: seed.Dataset, big: seed.Dataset | None) -> list[Gr
                     big, "credbroker", "ListConnections", 1, [("first page", 16), ("deep page", 16)]
                 )
             )
+    if bench.has_http and 64 in levels:
+        for method in (HTTP_NOOP, HTTP_GET):
+            if method in args.methods:
+                server = HTTP_NOOP if method == HTTP_NOOP else "credbroker"
+                groups.append(Group(small, server, method, 1, [("", 64)]))
     if bench.has_workers and 64 in levels:
         for method in ("noop", "AccessCredentials"):
             if method in args.methods:
