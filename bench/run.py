@@ -488,7 +488,7 @@ def h2load(
         requests=int(counts.group(3)),
         succeeded=int(counts.group(4)),
         failed=int(counts.group(5)) + int(counts.group(6)),
-        not_2xx=sum(int(codes.group(i)) for i in (2, 3, 4, 5)),
+        not_2xx=sum(int(codes.group(i)) for i in (2, 3, 4)),
         rps=float(finished.group(2)),
         data_bytes=int(traffic.group(3)),
         latencies_us=latencies,
@@ -1392,7 +1392,9 @@ def markdown(report: dict[str, Any], points: list[Point]) -> str:
         "Each point: a Python gRPC call of the same request before and after the load "
         "(status OK and the expected content); response DATA bytes equal to requests x "
         "the response frame size (a gRPC error carries no message); for AccessCredentials "
-        "one OK audit row per request and no other audit row"
+        "one OK audit row per request and no other audit row (HTTP points: every answer "
+        "2xx, the content of a urllib call before and after, the same audit check for "
+        "GET /connections/{id})"
         + (
             "; non-OK status counters of the metrics endpoint"
             if report["server"]["metrics_flag"]
