@@ -26,10 +26,13 @@ def query(call: HttpCall, allowed: frozenset[str], *, tags: bool = False) -> dic
     ``tags[KEY]=VALUE`` parameters are allowed too (read them with :func:`tag_filter`)."""
     values: dict[str, str] = {}
     for name, value in call.query.multi_items():
+        tag = tags and _TAG_PARAM.fullmatch(name) is not None
+        if name not in allowed and not tag:
+            # The name itself is not echoed: a pasted secret may sit where a name belongs.
+            known = ", ".join(sorted(allowed | ({"tags[KEY]"} if tags else set()))) or "none"
+            raise invalid_query("query", f"has an unknown parameter (known: {known})")
         if name in values:
-            raise invalid_query(name, "must be given at most once")
-        if name not in allowed and not (tags and _TAG_PARAM.fullmatch(name)):
-            raise invalid_query(name if len(name) <= 64 else "query", "is not a known parameter")
+            raise invalid_query("tags" if tag else name, "must be given at most once")
         values[name] = value
     return values
 
@@ -44,7 +47,7 @@ def tag_filter(values: Mapping[str, str]) -> dict[str, str]:
             continue
         key = match.group(1).lower()
         if key in tags:
-            raise invalid_query(f"tags[{key}]", "is given twice (keys are case-insensitive)")
+            raise invalid_query("tags", "names a key twice (keys are case-insensitive)")
         tags[key] = value
     return tags
 
@@ -65,10 +68,10 @@ def required(values: Mapping[str, str], name: str) -> str:
 
 def body_fields(document: Mapping[str, Any], allowed: frozenset[str]) -> None:
     """Refuses body fields outside ``allowed`` (the reference's bodies are strict too)."""
-    unknown = sorted(set(document) - allowed)
-    if unknown:
-        name = unknown[0] if len(unknown[0]) <= 64 else "body"
-        raise InvalidArgumentError.single(name, "is not a known field")
+    if set(document) - allowed:
+        # The name itself is not echoed: a pasted secret may sit where a name belongs.
+        known = ", ".join(sorted(allowed))
+        raise InvalidArgumentError.single("body", f"has an unknown field (known: {known})")
 
 
 def string_map(value: Any, field: str) -> dict[str, str]:

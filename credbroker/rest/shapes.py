@@ -243,9 +243,9 @@ def credentials_from_json(value: Any, field: str = "credentials") -> Credentials
     allowed = {"API_KEY": {"type", "apiKey"}, "BASIC": {"type", "username", "password"}}
     if kind not in allowed:
         raise InvalidArgumentError.single(f"{field}.type", "must be API_KEY or BASIC")
-    extra = sorted(set(value) - allowed[kind])
-    if extra:
-        raise InvalidArgumentError.single(f"{field}.{extra[0]}", "is not a known field")
+    if set(value) - allowed[kind]:
+        known = ", ".join(sorted(allowed[kind]))
+        raise InvalidArgumentError.single(field, f"has an unknown field (known: {known})")
     if kind == "API_KEY":
         if "apiKey" not in value:
             raise InvalidArgumentError.single(f"{field}.apiKey", "is required")

@@ -360,4 +360,33 @@ async def test_import_refuses_fields_it_does_not_support(
         },
     )
     assert response.status_code == 400
-    assert response.json()["error"]["errors"][0]["path"] == field
+    expected = "body" if field == "surprise" else field  # unknown names are never echoed
+    assert response.json()["error"]["errors"][0]["path"] == expected
+    assert "surprise" not in response.text or field != "surprise"
+
+
+async def test_unknown_names_are_not_echoed(http: httpx.AsyncClient, tenant: Any) -> None:
+    """A secret pasted where a parameter or field name belongs never comes back."""
+    await seed(http, tenant, "a")
+    headers = bearer(tenant.key)
+    responses = [
+        await http.get(f"/connections?{SECRET}=1", headers=headers),
+        await http.get(
+            "/connections/a", params={"provider_config_key": "openai", SECRET: "x"}, headers=headers
+        ),
+        await http.post(
+            "/connections", json={"provider_config_key": "openai", SECRET: 1}, headers=headers
+        ),
+        await http.post(
+            "/connections",
+            json={
+                "provider_config_key": "openai",
+                "credentials": {"type": "API_KEY", "apiKey": "k", SECRET: "x"},
+            },
+            headers=headers,
+        ),
+        await http.get("/connections", params={"tags[a]": "1", "tags[A]": SECRET}, headers=headers),
+    ]
+    for response in responses:
+        assert response.status_code == 400, response.text
+        assert SECRET not in response.text
