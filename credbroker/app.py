@@ -23,6 +23,7 @@ from credbroker.api.connections import ConnectionServicer
 from credbroker.api.handlers import GrpcRegistry
 from credbroker.api.integrations import IntegrationServicer
 from credbroker.api.scopes import REQUIRED_SCOPES
+from credbroker.api.webhooks import WebhookServicer
 from credbroker.bootstrap import (
     Backend,
     BoundCipher,
@@ -33,6 +34,7 @@ from credbroker.bootstrap import (
 )
 from credbroker.config import Settings
 from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.dispatch import RunningDispatcher, start_dispatcher, webhook_service
 from credbroker.domain.audit import AuditService
 from credbroker.domain.connections import ConnectionService
 from credbroker.domain.errors import DomainError
@@ -68,6 +70,8 @@ from credbroker.v1 import (
     connection_service_pb2_grpc,
     integration_service_pb2,
     integration_service_pb2_grpc,
+    webhook_service_pb2,
+    webhook_service_pb2_grpc,
 )
 
 log = structlog.get_logger("credbroker")
@@ -76,6 +80,7 @@ SERVICE_NAMES = (
     integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"].full_name,
     connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
+    webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
 )
 
 
@@ -122,6 +127,7 @@ class RunningServer:
     event_hub: EventHub | None = None
 
     server_limits: Limits | None = None
+    dispatcher: RunningDispatcher | None = None
 
     @property
     def http_port(self) -> int:
@@ -138,6 +144,8 @@ class RunningServer:
         if self.http is not None:
             stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(grace)
         for task in self.background:
             task.cancel()
         await asyncio.gather(*self.background, return_exceptions=True)
@@ -328,7 +336,9 @@ async def start_server(
             key_repository, listener, ttl=min(settings.cache_ttl, 10.0), size=settings.cache_size
         )
     probe = HttpCredentialProbe(
-        AddressGuard(parse_networks(settings.outbound_allow)), timeout=settings.verify_timeout
+        AddressGuard(parse_networks(settings.outbound_allow)),
+        timeout=settings.verify_timeout,
+        ca_file=settings.outbound_ca_file,
     )
     integrations = IntegrationService(PostgresIntegrationRepository(backend.db), catalog)
     connections = ConnectionService(
@@ -376,6 +386,10 @@ async def start_server(
         audit_service_pb2_grpc.add_AuditServiceServicer_to_server,
         AuditServicer(AuditService(audit_log)),
     )
+    registry.add(
+        webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server,
+        WebhookServicer(webhook_service(settings, backend, keyring, event_hub)),
+    )
     health_servicer = health.aio.HealthServicer()
     registry.add(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     if settings.reflection:
@@ -419,6 +433,9 @@ async def start_server(
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
     if settings.event_cleanup_interval > 0:
         tasks.append(asyncio.create_task(_clean_up_events_periodically(backend, settings)))
+    dispatcher = None
+    if settings.webhook_dispatch:
+        dispatcher = start_dispatcher(settings, backend, keyring, event_hub)
     samplers: list[Callable[[], None]] = [lambda: _sample_pool(backend)]
     for name, repository in (("connections", connection_repository), ("keys", key_repository)):
         if isinstance(repository, CachingConnectionRepository | CachingSecretKeyRepository):
@@ -440,6 +457,7 @@ async def start_server(
         public_url,
         event_hub,
         limits,
+        dispatcher,
     )
 
 

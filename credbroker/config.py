@@ -107,6 +107,30 @@ class Settings(BaseSettings):
     )
     watch_streams_per_key: int = Field(8, ge=1, le=1000, description="open Watch streams per key")
     watch_max_streams: int = Field(64, ge=1, le=10000, description="open Watch streams per server")
+    webhook_dispatch: bool = Field(True, description="send webhook deliveries from this process")
+    webhook_timeout: float = Field(10.0, gt=0, le=60, description="seconds per webhook attempt")
+    webhook_retry_base: float = Field(
+        5.0, gt=0, le=3600, description="seconds before the first webhook retry (then doubling)"
+    )
+    webhook_retry_max: float = Field(3600.0, gt=0, description="longest wait between retries")
+    webhook_retry_horizon: float = Field(
+        86400.0, gt=0, description="seconds after which a failing delivery is given up"
+    )
+    webhook_circuit_failures: int = Field(
+        5, ge=1, le=1000, description="failed attempts in a row that open an endpoint's circuit"
+    )
+    webhook_circuit_cooldown: float = Field(
+        60.0, gt=0, le=86400, description="seconds an endpoint's open circuit stays open"
+    )
+    webhook_concurrency: int = Field(
+        32, ge=1, le=1024, description="attempts in flight per process"
+    )
+    webhook_endpoint_concurrency: int = Field(
+        4, ge=1, le=1024, description="attempts in flight per endpoint, per process"
+    )
+    outbound_ca_file: Path | None = Field(
+        None, description="PEM CA bundle trusted for outbound https instead of the default store"
+    )
 
     @field_validator("outbound_allow")
     @classmethod

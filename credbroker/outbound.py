@@ -1,4 +1,5 @@
-"""Outbound HTTP to providers (credential verification), behind an address guard.
+"""Outbound HTTP to providers (credential verification) and to webhook endpoints, behind an
+address guard.
 
 Every hop (redirects included, at most ``max_redirects``) is resolved first; the request goes to
 the resolved address (the host name still drives TLS verification through SNI), so a name cannot
@@ -11,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Sequence
+import ssl
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 import structlog
 
 from credbroker import metrics
+from credbroker.domain.delivery import AttemptResult
+from credbroker.domain.errors import FailedPreconditionError
 from credbroker.domain.injection import ResolvedAuth
 from credbroker.domain.models import VerificationState
 from credbroker.domain.providers import Verification
@@ -94,6 +100,36 @@ class AddressGuard:
             raise DestinationNotAllowedError("plain http is only allowed to allow-listed addresses")
         return str(addresses[0])
 
+    async def pin(self, url: str) -> tuple[str, str, str]:
+        """(the URL with its host replaced by one permitted resolved address, the Host header,
+        the TLS server name). Raises DestinationNotAllowedError."""
+        parts = urlsplit(url)
+        if parts.scheme not in {"https", "http"}:
+            raise DestinationNotAllowedError("URLs must use https")
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        address = await self.resolve(host, port, plain_http=parts.scheme == "http")
+        pinned_host = f"[{address}]" if ":" in address else address
+        netloc = pinned_host if parts.port is None else f"{pinned_host}:{parts.port}"
+        return urlunsplit(parts._replace(netloc=netloc)), parts.netloc.rsplit("@", 1)[-1], host
+
+    async def check(self, url: str) -> None:
+        """The webhook URL check of :class:`credbroker.domain.webhooks.DestinationPolicy`."""
+        try:
+            await self.pin(url)
+        except DestinationNotAllowedError as exc:
+            raise FailedPreconditionError(
+                f"the URL is not allowed by the outbound policy: {exc}",
+                reason="DESTINATION_NOT_ALLOWED",
+            ) from None
+
+
+def tls_verification(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """What httpx verifies server certificates with: the default store, or only ``ca_file``."""
+    if ca_file is None:
+        return True
+    return ssl.create_default_context(cafile=str(ca_file))
+
 
 class HttpCredentialProbe:
     def __init__(
@@ -102,12 +138,16 @@ class HttpCredentialProbe:
         *,
         timeout: float = 5.0,
         max_redirects: int = 3,
+        ca_file: Path | None = None,
     ) -> None:
         self._guard = guard
         self._timeout = timeout
         self._max_redirects = max_redirects
         self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), follow_redirects=False, trust_env=False
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            verify=tls_verification(ca_file),
         )
 
     async def close(self) -> None:
@@ -150,16 +190,8 @@ class HttpCredentialProbe:
     async def _send(
         self, method: str, url: str, auth: ResolvedAuth, params: dict[str, str]
     ) -> httpx.Response:
-        parts = urlsplit(url)
-        if parts.scheme not in {"https", "http"}:
-            raise DestinationNotAllowedError("provider URLs must use https")
-        host = parts.hostname or ""
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        address = await self._guard.resolve(host, port, plain_http=parts.scheme == "http")
-        pinned_host = f"[{address}]" if ":" in address else address
-        netloc = pinned_host if parts.port is None else f"{pinned_host}:{parts.port}"
-        pinned = urlunsplit(parts._replace(netloc=netloc))
-        headers = {**auth.headers, "host": parts.netloc.rsplit("@", 1)[-1]}
+        pinned, host_header, host = await self._guard.pin(url)
+        headers = {**auth.headers, "host": host_header}
         return await self._client.request(
             method,
             pinned,
@@ -167,3 +199,53 @@ class HttpCredentialProbe:
             params=params or None,
             extensions={"sni_hostname": host},
         )
+
+
+class HttpWebhookSender:
+    """POSTs a webhook body to the endpoint's pinned resolved address (the guard refuses private
+    and loopback addresses unless allow-listed); redirects are never followed (a 3xx is a failed
+    attempt). Errors name the failure, never the URL (it may carry a token)."""
+
+    def __init__(
+        self,
+        guard: AddressGuard,
+        *,
+        timeout: float = 10.0,
+        ca_file: Path | None = None,
+        max_connections: int = 64,
+    ) -> None:
+        self._guard = guard
+        self._client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            follow_redirects=False,
+            trust_env=False,
+            verify=tls_verification(ca_file),
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=16),
+        )
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, url: str, body: bytes, headers: Mapping[str, str]) -> AttemptResult:
+        started = time.monotonic()
+        try:
+            pinned, host_header, host = await self._guard.pin(url)
+            # Streamed and closed unread: the receiver's body is never buffered.
+            async with self._client.stream(
+                "POST",
+                pinned,
+                content=body,
+                headers={**headers, "host": host_header},
+                extensions={"sni_hostname": host},
+            ) as response:
+                status = response.status_code
+        except DestinationNotAllowedError as exc:
+            return AttemptResult(0, f"destination not allowed: {exc}")
+        except (httpx.HTTPError, OSError) as exc:
+            return AttemptResult(0, type(exc).__name__)
+        elapsed = int((time.monotonic() - started) * 1000)
+        if 200 <= status < 300:
+            return AttemptResult(status, "", elapsed)
+        if 300 <= status < 400:
+            return AttemptResult(status, "redirects are not followed", elapsed)
+        return AttemptResult(status, f"HTTP {status}", elapsed)

@@ -11,6 +11,7 @@ from credbroker.domain.validation import CONNECTION_ID_PATTERN, INTEGRATION_ID_P
 
 _INTEGRATIONS = "/credbroker.v1.IntegrationService/"
 _CONNECTIONS = "/credbroker.v1.ConnectionService/"
+_WEBHOOKS = "/credbroker.v1.WebhookService/"
 
 REVEAL_METHODS = frozenset({_CONNECTIONS + "AccessCredentials"})
 MUTATING_METHODS = frozenset(
@@ -22,6 +23,11 @@ MUTATING_METHODS = frozenset(
         _CONNECTIONS + "UpdateConnection",
         _CONNECTIONS + "DeleteConnection",
         _CONNECTIONS + "VerifyConnection",
+        _WEBHOOKS + "CreateWebhookEndpoint",
+        _WEBHOOKS + "UpdateWebhookEndpoint",
+        _WEBHOOKS + "DeleteWebhookEndpoint",
+        _WEBHOOKS + "RotateWebhookSecret",
+        _WEBHOOKS + "RedeliverWebhookEvent",
     }
 )
 

@@ -6,6 +6,7 @@ from credbroker.domain.models import Scope
 
 _INTEGRATIONS = "/credbroker.v1.IntegrationService/"
 _CONNECTIONS = "/credbroker.v1.ConnectionService/"
+_WEBHOOKS = "/credbroker.v1.WebhookService/"
 
 REQUIRED_SCOPES: dict[str, Scope] = {
     _INTEGRATIONS + "CreateIntegration": Scope.INTEGRATIONS_WRITE,
@@ -24,4 +25,11 @@ REQUIRED_SCOPES: dict[str, Scope] = {
     _CONNECTIONS + "VerifyConnection": Scope.CONNECTIONS_WRITE,
     _CONNECTIONS + "WatchConnections": Scope.CONNECTIONS_READ,
     "/credbroker.v1.AuditService/ListAuditEvents": Scope.AUDIT_READ,
+    _WEBHOOKS + "CreateWebhookEndpoint": Scope.WEBHOOKS_WRITE,
+    _WEBHOOKS + "ListWebhookEndpoints": Scope.WEBHOOKS_READ,
+    _WEBHOOKS + "UpdateWebhookEndpoint": Scope.WEBHOOKS_WRITE,
+    _WEBHOOKS + "DeleteWebhookEndpoint": Scope.WEBHOOKS_WRITE,
+    _WEBHOOKS + "RotateWebhookSecret": Scope.WEBHOOKS_WRITE,
+    _WEBHOOKS + "ListWebhookDeliveries": Scope.WEBHOOKS_READ,
+    _WEBHOOKS + "RedeliverWebhookEvent": Scope.WEBHOOKS_WRITE,
 }

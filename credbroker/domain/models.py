@@ -26,6 +26,8 @@ class Scope(enum.Enum):
     CONNECTIONS_WRITE = "connections:write"
     CREDENTIALS_READ = "credentials:read"
     AUDIT_READ = "audit:read"
+    WEBHOOKS_READ = "webhooks:read"
+    WEBHOOKS_WRITE = "webhooks:write"
 
 
 ALL_SCOPES: frozenset[Scope] = frozenset(Scope)

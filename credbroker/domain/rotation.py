@@ -16,6 +16,7 @@ from uuid import UUID
 
 from credbroker.domain.connections import CONFIG_PURPOSE, CREDENTIALS_PURPOSE, binding
 from credbroker.domain.ports import Cipher
+from credbroker.domain.webhooks import PREVIOUS_SECRET_PURPOSE, SECRET_PURPOSE, endpoint_binding
 
 
 @dataclass(frozen=True)
@@ -30,10 +31,27 @@ class StoredSecrets:
 Rewrap = Callable[[StoredSecrets], tuple[bytes, bytes]]
 
 
+@dataclass(frozen=True)
+class EndpointSecrets:
+    id: UUID
+    environment_id: UUID
+    secret: bytes
+    previous_secret: bytes | None
+
+
+RewrapEndpoint = Callable[[EndpointSecrets], tuple[bytes, bytes | None]]
+
+
 class RewrapRepository(Protocol):
     async def rewrap_batch(self, primary_key_id: int, limit: int, rewrap: Rewrap) -> int:
         """Locks up to ``limit`` rows not under the primary key (skipping locked ones), replaces
         their blobs with ``rewrap``'s result in one transaction; returns how many it rewrote."""
+        ...
+
+    async def rewrap_endpoint_batch(
+        self, primary_key_id: int, limit: int, rewrap: RewrapEndpoint
+    ) -> int:
+        """The same for webhook endpoints' signing secrets."""
         ...
 
     async def count_not_under(self, primary_key_id: int) -> int: ...
@@ -52,6 +70,15 @@ class KeyRotationService:
             self._cipher.rewrap(row.connection_config, purpose=CONFIG_PURPOSE, binding=bound),
         )
 
+    def _rewrap_endpoint(self, row: EndpointSecrets) -> tuple[bytes, bytes | None]:
+        bound = endpoint_binding(row.environment_id, row.id)
+        previous = None
+        if row.previous_secret is not None:
+            previous = self._cipher.rewrap(
+                row.previous_secret, purpose=PREVIOUS_SECRET_PURPOSE, binding=bound
+            )
+        return self._cipher.rewrap(row.secret, purpose=SECRET_PURPOSE, binding=bound), previous
+
     async def rewrap_all(
         self,
         *,
@@ -67,6 +94,8 @@ class KeyRotationService:
         while True:
             done = await self._repository.rewrap_batch(
                 self._primary_key_id, batch_size, self._rewrap
+            ) + await self._repository.rewrap_endpoint_batch(
+                self._primary_key_id, batch_size, self._rewrap_endpoint
             )
             total += done
             if done and on_batch is not None:

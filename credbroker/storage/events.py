@@ -21,6 +21,8 @@ from credbroker.storage.db import Database
 # positions of one environment commit in increasing order (the lock is held until commit).
 EVENT_LOCK_CLASS = 0x63626576  # "cbev"
 
+# One statement: the event, one pending delivery per enabled webhook endpoint of the
+# environment that wants its type, and the announcements (sent by PostgreSQL at commit).
 _INSERT = """
 WITH inserted AS (
     INSERT INTO connection_events (event_id, environment_id, environment, event_type,
@@ -32,8 +34,19 @@ WITH inserted AS (
     LEFT JOIN integrations i ON i.environment_id = e.id AND i.integration_id = $5
     WHERE e.id = $2
     RETURNING position, environment_id, event_type, integration_id, connection_id
+), fanned AS (
+    INSERT INTO webhook_deliveries (endpoint_id, environment_id, event_position, integration_id,
+        connection_id)
+    SELECT w.id, n.environment_id, n.position, n.integration_id, n.connection_id
+    FROM inserted n
+    JOIN webhook_endpoints w ON w.environment_id = n.environment_id
+    WHERE NOT w.disabled AND (cardinality(w.event_types) = 0 OR n.event_type = ANY (w.event_types))
+    RETURNING 1
 )
-SELECT position, pg_notify('credbroker_changes', 'e|' || environment_id || '|' || position)
+SELECT position,
+       pg_notify('credbroker_changes', 'e|' || environment_id || '|' || position),
+       CASE WHEN EXISTS (SELECT 1 FROM fanned)
+            THEN pg_notify('credbroker_changes', 'w') END
 FROM inserted"""
 
 
@@ -196,6 +209,7 @@ class EventHub:
         self._listener = listener
         self._subscribers: dict[UUID, set[_Wakeup]] = {}
         self._closed = False
+        self._delivery_waiters: set[_Wakeup] = set()
         self.unnotified_poll_seconds = unnotified_poll_seconds
         listener.subscribe(self._on_change, self._wake_all)
 
@@ -212,6 +226,10 @@ class EventHub:
         self._wake_all()
 
     def _on_change(self, parts: list[str]) -> None:
+        if parts[0] == "w":
+            for wakeup in self._delivery_waiters:
+                wakeup.flag.set()
+            return
         if parts[0] == "e" and len(parts) == 3:
             try:
                 environment_id = UUID(parts[1])
@@ -221,9 +239,26 @@ class EventHub:
                 wakeup.flag.set()
 
     def _wake_all(self) -> None:
+        for wakeup in self._delivery_waiters:
+            wakeup.flag.set()
         for wakeups in self._subscribers.values():
             for wakeup in wakeups:
                 wakeup.flag.set()
+
+    @contextlib.contextmanager
+    def subscribe_deliveries(self) -> Iterator[_Wakeup]:
+        """Woken when any transaction committed new webhook deliveries (or may have)."""
+        wakeup = _Wakeup(self)
+        self._delivery_waiters.add(wakeup)
+        try:
+            yield wakeup
+        finally:
+            self._delivery_waiters.discard(wakeup)
+
+    def wake_deliveries(self) -> None:
+        """Wakes the dispatcher from inside the process (an attempt finished, a redelivery)."""
+        for wakeup in self._delivery_waiters:
+            wakeup.flag.set()
 
     @contextlib.contextmanager
     def subscribe(self, environment_id: UUID) -> Iterator[_Wakeup]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from credbroker.domain.rotation import Rewrap, StoredSecrets
+from credbroker.domain.rotation import EndpointSecrets, Rewrap, RewrapEndpoint, StoredSecrets
 from credbroker.storage.db import Database
 
 
@@ -24,7 +24,10 @@ class PostgresMasterKeyRepository:
     async def key_ids_in_use(self) -> set[int]:
         rows = await self._db.fetch(
             """SELECT DISTINCT credentials_key_id AS key_id FROM connections
-               UNION SELECT DISTINCT config_key_id FROM connections"""
+               UNION SELECT DISTINCT config_key_id FROM connections
+               UNION SELECT DISTINCT secret_key_id FROM webhook_endpoints
+               UNION SELECT DISTINCT previous_secret_key_id FROM webhook_endpoints
+                     WHERE previous_secret_key_id IS NOT NULL"""
         )
         return {row["key_id"] for row in rows}
 
@@ -32,15 +35,20 @@ class PostgresMasterKeyRepository:
         rows = await self._db.fetch(
             """SELECT key_id, count(*) AS n FROM (
                    SELECT credentials_key_id AS key_id FROM connections
-                   UNION ALL SELECT config_key_id FROM connections) blobs
+                   UNION ALL SELECT config_key_id FROM connections
+                   UNION ALL SELECT secret_key_id FROM webhook_endpoints
+                   UNION ALL SELECT previous_secret_key_id FROM webhook_endpoints
+                             WHERE previous_secret_key_id IS NOT NULL) blobs
                GROUP BY key_id ORDER BY key_id"""
         )
         return {row["key_id"]: row["n"] for row in rows}
 
     async def count_not_under(self, primary_key_id: int) -> int:
         count = await self._db.fetchval(
-            """SELECT count(*) FROM connections
-               WHERE credentials_key_id <> $1 OR config_key_id <> $1""",
+            """SELECT (SELECT count(*) FROM connections
+                       WHERE credentials_key_id <> $1 OR config_key_id <> $1)
+                    + (SELECT count(*) FROM webhook_endpoints
+                       WHERE secret_key_id <> $1 OR previous_secret_key_id <> $1)""",
             primary_key_id,
         )
         return int(count)
@@ -68,6 +76,38 @@ class PostgresMasterKeyRepository:
                 updates.append((row["id"], credentials, config))
             await connection.executemany(
                 "UPDATE connections SET credentials_blob = $2, config_blob = $3 WHERE id = $1",
+                updates,
+            )
+        return len(rows)
+
+    async def rewrap_endpoint_batch(
+        self, primary_key_id: int, limit: int, rewrap: RewrapEndpoint
+    ) -> int:
+        """The same for webhook signing secrets."""
+        async with self._db.transaction() as connection:
+            rows = await connection.fetch(
+                """SELECT id, environment_id, secret_blob, previous_secret_blob
+                   FROM webhook_endpoints
+                   WHERE secret_key_id <> $1 OR previous_secret_key_id <> $1
+                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                primary_key_id,
+                limit,
+            )
+            updates = []
+            for row in rows:
+                previous = row["previous_secret_blob"]
+                secret, new_previous = rewrap(
+                    EndpointSecrets(
+                        row["id"],
+                        row["environment_id"],
+                        bytes(row["secret_blob"]),
+                        bytes(previous) if previous is not None else None,
+                    )
+                )
+                updates.append((row["id"], secret, new_previous))
+            await connection.executemany(
+                """UPDATE webhook_endpoints SET secret_blob = $2, previous_secret_blob = $3
+                   WHERE id = $1""",
                 updates,
             )
         return len(rows)
