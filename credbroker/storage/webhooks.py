@@ -272,6 +272,9 @@ WITH candidates AS (
 ), chosen AS (
     SELECT d.id FROM webhook_deliveries d JOIN candidates c ON c.id = d.id
     WHERE c.rank <= CASE WHEN c.probing THEN 1 ELSE $2 END
+      -- Re-checked on the row's latest version once locked (a concurrent claim may have
+      -- leased it after this statement's snapshot): the CTE above alone would not be.
+      AND d.state = 'pending' AND (d.lease_until IS NULL OR d.lease_until < now())
     ORDER BY d.next_attempt_time, d.id
     LIMIT $3
     FOR UPDATE OF d SKIP LOCKED

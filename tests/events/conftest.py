@@ -239,3 +239,64 @@ async def wait_until(check: Any, *, within: float, interval: float = 0.05) -> bo
             return True
         await asyncio.sleep(interval)
     return bool(await check())
+
+
+# ---------------------------------------------------------------------------------------------
+# webhooks
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from .receiver import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def receiver(pki: Any) -> Iterator[Any]:
+    from .receiver import Receiver
+
+    started = Receiver(pki)
+    started.start()
+    yield started
+    started.stop()
+
+
+def webhook_environment(
+    database_url: str, keyring: Keyring, pki: Any, **settings: object
+) -> dict[str, str]:
+    """Server settings for webhook tests: the receiver's CA trusted, loopback allowed, and
+    short retries so that bounded tests see several attempts."""
+    values: dict[str, object] = {
+        "outbound_allow": "127.0.0.0/8",
+        "outbound_ca_file": str(pki.ca_file),
+        "webhook_timeout": 2,
+        "webhook_retry_base": 0.5,
+        "webhook_retry_max": 4,
+        "webhook_circuit_failures": 5,
+        "webhook_circuit_cooldown": 2,
+    }
+    values.update(settings)
+    return server_environment(database_url, keyring, **values)
+
+
+async def create_endpoint(account: Account, url: str, *events: str) -> tuple[str, str]:
+    """(endpoint id, signing secret)."""
+    from credbroker.v1 import webhook_service_pb2 as wpb
+    from credbroker.v1 import webhook_service_pb2_grpc as wgrpc
+
+    assert account.channel is not None
+    stub: Any = wgrpc.WebhookServiceStub(account.channel)
+    response = await stub.CreateWebhookEndpoint(
+        wpb.CreateWebhookEndpointRequest(url=url, events=list(events)),
+        metadata=account.metadata,
+        timeout=READ_TIMEOUT,
+    )
+    return response.endpoint.endpoint_id, response.signing_secret
+
+
+def webhooks_stub(account: Account) -> Any:
+    from credbroker.v1 import webhook_service_pb2_grpc as wgrpc
+
+    assert account.channel is not None
+    return wgrpc.WebhookServiceStub(account.channel)
