@@ -25,7 +25,12 @@ from grpc_status import rpc_status
 
 from credbroker.domain import secret_keys
 from credbroker.domain.models import Scope
-from credbroker.v1 import audit_service_pb2, connection_service_pb2, integration_service_pb2
+from credbroker.v1 import (
+    audit_service_pb2,
+    connection_service_pb2,
+    integration_service_pb2,
+    webhook_service_pb2,
+)
 
 ERROR_DOMAIN = "credbroker.dev"
 UNAUTHENTICATED_DETAILS = "invalid credentials"
@@ -48,6 +53,13 @@ EXPECTED_SCOPES: dict[str, Scope] = {
     "/credbroker.v1.IntegrationService/GetProvider": Scope("integrations:read"),
     "/credbroker.v1.AuditService/ListAuditEvents": Scope("audit:read"),
     "/credbroker.v1.ConnectionService/WatchConnections": Scope("connections:read"),
+    "/credbroker.v1.WebhookService/CreateWebhookEndpoint": Scope("webhooks:write"),
+    "/credbroker.v1.WebhookService/ListWebhookEndpoints": Scope("webhooks:read"),
+    "/credbroker.v1.WebhookService/UpdateWebhookEndpoint": Scope("webhooks:write"),
+    "/credbroker.v1.WebhookService/DeleteWebhookEndpoint": Scope("webhooks:write"),
+    "/credbroker.v1.WebhookService/RotateWebhookSecret": Scope("webhooks:write"),
+    "/credbroker.v1.WebhookService/ListWebhookDeliveries": Scope("webhooks:read"),
+    "/credbroker.v1.WebhookService/RedeliverWebhookEvent": Scope("webhooks:write"),
 }
 # Server-streaming methods: called with unary_stream, done once the first message arrives.
 STREAMING = frozenset({"/credbroker.v1.ConnectionService/WatchConnections"})
@@ -58,6 +70,7 @@ def _discover() -> list[MethodDescriptor]:
         integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"],
         connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"],
         audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
+        webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
     ]
     return [method for service in services for method in service.methods]
 

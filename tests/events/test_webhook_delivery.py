@@ -185,8 +185,12 @@ async def test_receiver_down_for_30_seconds(
     assert await wait_until(lambda: _delivered(account, endpoint_id, 4), within=20)
     deliveries = await _deliveries(account, endpoint_id)
     attempts = {d.delivery_id: list(d.attempts) for d in deliveries}
-    for name, tries in attempts.items():
-        assert len(tries) >= 2, name
+    for d in deliveries:
+        # The override of down-1 waited behind its creation (order per connection), so it
+        # may have needed one attempt only.
+        if d.event.operation == "creation":
+            assert len(d.attempts) >= 2, d.event.connection_id
+    for tries in attempts.values():
         assert all(a.outcome == wpb.WebhookAttempt.OUTCOME_FAILED for a in tries[:-1])
         assert tries[-1].outcome == wpb.WebhookAttempt.OUTCOME_SUCCEEDED
         assert all(a.error for a in tries[:-1])

@@ -33,7 +33,12 @@ import credbroker.bootstrap
 import credbroker.domain.connections
 from credbroker.app import RunningServer
 from credbroker.config import Settings
-from credbroker.v1 import audit_service_pb2, connection_service_pb2, integration_service_pb2
+from credbroker.v1 import (
+    audit_service_pb2,
+    connection_service_pb2,
+    integration_service_pb2,
+    webhook_service_pb2,
+)
 from credbroker.v1 import connection_service_pb2 as cpb
 from credbroker.v1 import connection_service_pb2_grpc as cgrpc
 from credbroker.v1 import integration_service_pb2 as ipb
@@ -231,6 +236,7 @@ def _all_methods() -> list[MethodDescriptor]:
         integration_service_pb2.DESCRIPTOR.services_by_name["IntegrationService"],
         connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"],
         audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
+        webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
     ]
     return [method for service in services for method in service.methods]
 
@@ -377,6 +383,7 @@ def test_hardening_garbage_covers_every_method() -> None:
         "IntegrationService",
         "ConnectionService",
         "AuditService",
+        "WebhookService",
     }
     assert len(METHODS) >= 12
     assert len(PAYLOADS) >= 80
