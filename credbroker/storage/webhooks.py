@@ -1,4 +1,4 @@
-"""Webhook endpoints, deliveries and attempts (migration 0007). Signing secrets arrive and leave
+"""Webhook endpoints, deliveries and attempts (migration 0008). Signing secrets arrive and leave
 as ciphertext."""
 
 from __future__ import annotations
