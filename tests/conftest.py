@@ -106,6 +106,7 @@ def make_settings(url: str, ring: Keyring, **overrides: object) -> Settings:
         "db_pool_min": 1,
         "db_pool_max": 10,
         "verify_credentials": False,  # no internet here; verification tests use a fake provider
+        "webhook_dispatch": False,  # nothing leaves the machine; webhook tests start their own
     }
     values.update(overrides)
     return Settings.model_validate(values)
