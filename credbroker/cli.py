@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from credbroker import dev, workers
+from credbroker import cli_webhooks, dev, workers
 from credbroker.app import key_service
 from credbroker.bootstrap import (
     Backend,
@@ -159,6 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--environment", help="only this environment")
     tail.add_argument("-n", "--limit", type=int, default=20)
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
+    cli_webhooks.add_parser(commands, common, _parse_duration)
     return parser
 
 
@@ -191,6 +192,11 @@ async def _run(args: argparse.Namespace) -> None:
         await _with_backend(settings, lambda backend: _keyring(args, backend, keyring))
     elif args.command == "audit":
         await _with_backend(settings, lambda backend: _audit_tail(args, backend))
+    elif args.command == "webhooks":
+        keyring = load_keyring(settings)
+        await _with_backend(
+            settings, lambda backend: cli_webhooks.run(args, settings, backend, keyring)
+        )
 
 
 def _serve(args: argparse.Namespace) -> int:
