@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
 import random
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from google.protobuf import field_mask_pb2
@@ -286,3 +288,67 @@ async def test_a_slow_receiver_does_not_hold_up_others(
     assert time.monotonic() - started < 5
     assert not any(r.path == "/slow" for r in receiver.received)  # still being held
     receiver.release()
+
+
+async def test_a_failing_endpoint_opens_its_circuit_and_is_given_up_after_the_horizon(
+    servers: Any, account: Any, receiver: Any, events_database_url: str, keyring: Any, pki: Any
+) -> None:
+    env = webhook_environment(
+        events_database_url,
+        keyring,
+        pki,
+        webhook_retry_base=0.2,
+        webhook_retry_max=0.4,
+        webhook_retry_horizon=4,
+        webhook_circuit_failures=3,
+        webhook_circuit_cooldown=1.5,
+    )
+    server = servers.start(env)
+    await account.use(server)
+    await account.integration()
+    endpoint_id, _ = await create_endpoint(account, receiver.url())
+    receiver.behave(lambda path, body: (503, 0.0))
+    await account.create("doomed")
+
+    async def given_up() -> bool:
+        deliveries = await _deliveries(account, endpoint_id)
+        return bool(deliveries) and deliveries[0].state == wpb.WebhookDelivery.STATE_FAILED
+
+    assert await wait_until(given_up, within=15)
+    (delivery,) = await _deliveries(account, endpoint_id)
+    assert delivery.HasField("finish_time")
+    assert all(a.http_status == 503 and a.error == "HTTP 503" for a in delivery.attempts)
+    starts = [a.start_time.ToDatetime() for a in delivery.attempts]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+    # Three failures in a row open the circuit: the next attempt waits for the cool-down.
+    assert len(delivery.attempts) >= 4 and max(gaps) >= 1.4, gaps
+    endpoints = await webhooks_stub(account).ListWebhookEndpoints(
+        wpb.ListWebhookEndpointsRequest(), metadata=account.metadata
+    )
+    assert endpoints.endpoints[0].consecutive_failures >= 3
+
+
+async def test_events_reach_the_receiver_and_a_watch_stream_within_a_second(
+    servers: Any, account: Any, receiver: Any, events_database_url: str, keyring: Any, pki: Any
+) -> None:
+    """The issue's bar, through CreateConnection (the connect page writes through the same
+    ConnectionService): every event on both paths well within a second of its commit."""
+    server = servers.start(webhook_environment(events_database_url, keyring, pki))
+    await account.use(server)
+    await account.integration()
+    await create_endpoint(account, receiver.url())
+    stream = account.connections.WatchConnections(
+        cpb.WatchConnectionsRequest(), metadata=account.metadata
+    )
+    await stream.read()
+    watched: list[float] = []
+    for i in range(20):
+        await account.create(f"fast-{i}")
+        message = await asyncio.wait_for(stream.read(), 5)
+        watched.append(time.time() - message.event.event_time.ToDatetime().timestamp())
+    stream.cancel()
+    assert await wait_until(lambda: _count(receiver, 20), within=5)
+    hooked = [
+        r.time - datetime.fromisoformat(r.json["event_time"]).timestamp() for r in receiver.received
+    ]
+    assert max(watched) < 1.0 and max(hooked) < 1.0, (watched, hooked)
