@@ -33,6 +33,8 @@ _URL_QUERY = re.compile(
 _AUTH_VALUE = re.compile(
     r"(?i)\b(bearer|basic|token|genie[a-z]*|api-?key)(\s+)(?!<redacted>)[^\s'\",;]{6,}"
 )
+# Webhook signing secrets (credbroker.domain.webhooks): never logged by us; masked if anything does.
+_WEBHOOK_SECRET = re.compile(r"cbwhsec_[^\s'\"`,;<>(){}\[\]]*")
 QUIET_LIBRARIES = {"httpx": logging.WARNING, "httpcore": logging.WARNING}
 
 _installed = False
@@ -48,6 +50,8 @@ def scrub(text: str) -> str:
     ``authorization`` values masked."""
     if "cbsk_" in text:
         text = _KEY_SHAPED.sub(_mask_key, text)
+    if "cbwhsec_" in text:
+        text = _WEBHOOK_SECRET.sub("cbwhsec_<redacted>", text)
     if "?" in text:
         text = _URL_QUERY.sub(r"\1<redacted>", text)
     return _AUTH_VALUE.sub(r"\1\2<redacted>", text)

@@ -95,6 +95,8 @@ async def test_body_signatures_and_order(
     assert all(len(d.attempts) == 1 for d in deliveries)
     assert all(d.attempts[0].outcome == wpb.WebhookAttempt.OUTCOME_SUCCEEDED for d in deliveries)
     assert {d.event.event_id for d in deliveries} == {r.event_id for r in got}
+    log = server.log_path.read_text("utf-8", "replace")
+    assert "webhook attempt" in log and secret not in log and receiver.url() not in log
 
 
 async def _count(receiver: Any, n: int) -> bool:

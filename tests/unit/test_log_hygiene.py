@@ -55,3 +55,12 @@ def test_tracebacks_are_scrubbed_and_exceptions_dropped(caplog: pytest.LogCaptur
 def test_chatty_libraries_are_quiet() -> None:
     assert logging.getLogger("httpx").getEffectiveLevel() >= logging.WARNING
     assert logging.getLogger("httpcore").getEffectiveLevel() >= logging.WARNING
+
+
+def test_webhook_signing_secrets_are_masked() -> None:
+    from credbroker.log_hygiene import scrub
+
+    secret = "cbwhsec_" + "Ab1-_" * 8
+    assert scrub(f"oops {secret} and '{secret}'") == (
+        "oops cbwhsec_<redacted> and 'cbwhsec_<redacted>'"
+    )
