@@ -22,6 +22,7 @@ import httpx
 import structlog
 
 from credbroker import metrics
+from credbroker.address_policy import globally_routable
 from credbroker.domain.delivery import AttemptResult
 from credbroker.domain.errors import FailedPreconditionError
 from credbroker.domain.injection import ResolvedAuth
@@ -83,7 +84,7 @@ class AddressGuard:
         embedded = _embedded_ipv4(address)
         if embedded is not None and not self.permits(embedded):
             return False
-        return address.is_global and not address.is_multicast
+        return globally_routable(address)
 
     async def resolve(self, host: str, port: int, *, plain_http: bool = False) -> str:
         """One permitted address of ``host``; refuses if any resolved address is forbidden.
