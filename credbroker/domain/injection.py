@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from credbroker.domain.errors import FailedPreconditionError, InvalidArgumentError
 from credbroker.domain.models import ApiKeyCredentials, Credentials
 from credbroker.domain.providers import PLACEHOLDER, ConfigField, Provider, Verification
-from credbroker.domain.validation import Violations
+from credbroker.domain.validation import Violations, has_control_chars
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,9 @@ def check_config(
         if value is None:
             if not config_field.optional and config_field.default is None:
                 v.add(f"{field_path}[{config_field.name}]", "is required by the provider")
+        elif has_control_chars(value):
+            # Declared fields are rendered into URLs and headers: no CR/LF/NUL smuggling.
+            v.add(f"{field_path}[{config_field.name}]", "must not contain control characters")
         elif config_field.pattern is not None and not config_field.pattern.fullmatch(value):
             v.add(f"{field_path}[{config_field.name}]", "does not match the provider's pattern")
 
@@ -100,7 +103,20 @@ def resolve_auth(
         headers["authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
     elif provider.generic:
         _inject_generic_key(provider, variables, headers, query)
+    _check_rendered(base_url, headers, query)
     return ResolvedAuth(base_url, headers, query)
+
+
+def _check_rendered(base_url: str, headers: Mapping[str, str], query: Mapping[str, str]) -> None:
+    """Checked again at render time: values stored before the write-time check existed, or
+    placed by a template, never reach a caller's HTTP request with control characters."""
+    values = [base_url, *headers.keys(), *headers.values(), *query.keys(), *query.values()]
+    if any(has_control_chars(value) for value in values):
+        raise FailedPreconditionError(
+            "stored config renders a header, query parameter or URL with control characters; "
+            "update the connection or integration config",
+            reason="CONFIG_HAS_CONTROL_CHARACTERS",
+        )
 
 
 def _inject_generic_key(

@@ -43,8 +43,13 @@ class Violations:
             raise InvalidArgumentError(self.items)
 
 
-def _has_control_chars(value: str) -> bool:
-    return any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value)
+def has_control_chars(value: str) -> bool:
+    """C0 controls (CR, LF, NUL, ...), DEL, C1 controls and the Unicode line separators: none
+    belongs in a value that may end up in an HTTP header, query string or URL."""
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch in "\u2028\u2029" for ch in value)
+
+
+_has_control_chars = has_control_chars
 
 
 def check_id(v: Violations, field: str, value: str, pattern: re.Pattern[str], limit: int) -> None:
