@@ -23,11 +23,11 @@ async def test_connection_config_rendered_into_headers_refuses_control_chars(
 ) -> None:
     client = session_client
     integration_id = await client.integration("datadog")
-    _, info = await client.fails(
+    error, _ = await client.fails(
         client.create(integration_id, api_key("dd-key"), config={"application_key": value}),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    assert "connection.connection_config[application_key]" in client.violated_fields(_)
+    assert "connection.connection_config[application_key]" in client.violated_fields(error)
     created = await client.create(integration_id, api_key("dd-key"), skip=True)
     await client.fails(
         client.connections.UpdateConnection(
