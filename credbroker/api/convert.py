@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
 
 from credbroker.domain import models
+from credbroker.domain.etags import etag_for
 from credbroker.domain.providers import ConfigField, Provider
 from credbroker.v1 import resources_pb2
 
@@ -106,7 +107,7 @@ def connection_to_proto(connection: models.Connection) -> resources_pb2.Connecti
         connection_config_keys=list(connection.connection_config_keys),
         create_time=timestamp(connection.create_time),
         update_time=timestamp(connection.update_time),
-        etag=str(connection.version),
+        etag=etag_for(connection.id, connection.version),
         verification=verification_to_proto(connection.verification),
     )
 

@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 
 from credbroker.domain.destinations import destination_changes, require_credentials_read
+from credbroker.domain.etags import check_etag, parse_etag
 from credbroker.domain.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -340,7 +341,7 @@ class ConnectionService:
             )
         if not paths:
             raise InvalidArgumentError.single("update_mask", "names no field to update")
-        expected_version = _parse_etag(etag)
+        expected_version = parse_etag(etag)
         self._validate_draft(draft, creating=False, paths=paths)
         stored = await self._repository.get_with_secrets(
             principal.environment_id, draft.integration_id, draft.connection_id
@@ -353,6 +354,7 @@ class ConnectionService:
             except AlreadyExistsError:  # created concurrently: update it instead
                 stored = await self._stored(principal, draft.integration_id, draft.connection_id)
         current = stored.connection
+        check_etag(etag, current.id)
         if "credentials" in paths:
             self._check_auth_mode(current.auth_mode, draft.credentials)
         else:
@@ -606,13 +608,3 @@ def _check_ids(integration_id: str, connection_id: str) -> None:
     check_integration_id(v, "integration_id", integration_id)
     check_connection_id(v, "connection_id", connection_id)
     v.raise_if_any()
-
-
-def _parse_etag(etag: str) -> int | None:
-    if not etag:
-        return None
-    if not (etag.isascii() and etag.isdigit()) or len(etag) > 18:
-        raise InvalidArgumentError.single(
-            "connection.etag", "is not an etag returned by the server"
-        )
-    return int(etag)

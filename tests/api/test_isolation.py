@@ -175,7 +175,7 @@ def _connection_calls(
         ),
         "UpdateConnection-tags-with-etag": lambda: tenant.connections.UpdateConnection(
             cpb.UpdateConnectionRequest(
-                connection=rpb.Connection(**ids, tags={"x": "y"}, etag="1"),
+                connection=rpb.Connection(**ids, tags={"x": "y"}, etag="1.000000000000"),
             ),
             metadata=tenant.metadata,
         ),

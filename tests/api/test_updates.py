@@ -506,3 +506,21 @@ async def test_concurrent_updates_without_etag_all_apply(tenant: Any) -> None:
     final = await get(tenant)
     last = next(k for k, r in zip(keys, results, strict=True) if r.etag == final.etag)
     assert (await access(tenant)).credentials.api_key.api_key == last
+
+
+async def test_etag_is_bound_to_its_connection(tenant: Any) -> None:
+    """Issue 9, finding 10: connection A's etag (same version as B's) is refused on B, and a
+    bare version number is not an etag."""
+    a = await seed(tenant)
+    other = {"integration_id": "openai", "connection_id": "other-connection"}
+    b = await tenant.connections.CreateConnection(
+        cpb.CreateConnectionRequest(connection=rpb.Connection(**other, credentials=api_key("kb"))),
+        metadata=tenant.metadata,
+    )
+    assert a.etag != b.etag
+    for etag in (a.etag, "1", a.etag.split(".")[0]):
+        await fails(
+            update(tenant, rpb.Connection(**other, tags={"x": "y"}, etag=etag), ["tags"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    await update(tenant, rpb.Connection(**other, tags={"x": "y"}, etag=b.etag), ["tags"])

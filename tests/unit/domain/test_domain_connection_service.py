@@ -23,6 +23,7 @@ from credbroker.domain.errors import (
     NotFoundError,
     UnavailableError,
 )
+from credbroker.domain.etags import etag_for
 from credbroker.domain.integrations import IntegrationDraft, IntegrationService
 from credbroker.domain.models import (
     ApiKeyCredentials,
@@ -577,7 +578,7 @@ async def test_allow_missing_with_etag_does_not_create(
             principal,
             draft("new", API_KEY),
             frozenset({"credentials"}),
-            etag="1",
+            etag="1.000000000000",
             allow_missing=True,
         )
     assert connection_repo.rows == {}
@@ -634,7 +635,7 @@ async def test_update_with_current_etag(
         principal,
         draft("user-1", None, metadata={"v": 2}),
         frozenset({"metadata"}),
-        etag=str(existing.version),
+        etag=etag_for(existing.id, existing.version),
         allow_missing=False,
     )
     assert updated.version == existing.version + 1
@@ -659,7 +660,7 @@ async def test_update_with_stale_etag_conflicts(
             principal,
             draft("user-1", None, metadata={"v": 3}),
             frozenset({"metadata"}),
-            etag="1",
+            etag=etag_for(existing.id, 1),
             allow_missing=False,
         )
     assert caught.value.reason == "ETAG_MISMATCH"
@@ -681,7 +682,7 @@ async def test_update_etag_race_conflicts(
             principal,
             draft("user-1", None, metadata={"v": 9}),
             frozenset({"metadata"}),
-            etag="1",
+            etag=etag_for(existing.id, 1),
             allow_missing=False,
         )
     assert connection_repo.rows[existing.id][0].metadata == {"plan": "pro"}
@@ -693,7 +694,7 @@ async def test_update_row_deleted_concurrently_is_not_found(
     connection_repo: Any,
     principal: Principal,
 ) -> None:
-    for etag in ["", "1"]:
+    for etag in ["", etag_for(existing.id, 1)]:
         connection_repo.before_update = lambda: connection_repo.rows.clear()
         with pytest.raises(NotFoundError):
             await connection_service.update(
