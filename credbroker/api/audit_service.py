@@ -6,9 +6,8 @@ from typing import Any
 
 from credbroker.admission import current_principal
 from credbroker.api.convert import timestamp
-from credbroker.api.paging import decode_page_token, encode_page_token
+from credbroker.api.paging import AUDIT_CURSOR, decode_page_token, encode_page_token
 from credbroker.domain.audit import AuditEvent, AuditService
-from credbroker.domain.errors import InvalidArgumentError
 from credbroker.v1 import audit_service_pb2 as pb
 from credbroker.v1 import audit_service_pb2_grpc as pb_grpc
 
@@ -41,9 +40,7 @@ class AuditServicer(pb_grpc.AuditServiceServicer):
             "integration_id": request.integration_id,
             "connection_id": request.connection_id,
         }
-        cursor = decode_page_token(request.page_token, filters, size=1)
-        if cursor and not cursor[0].isdigit():
-            raise InvalidArgumentError.single("page_token", "is not a valid page token")
+        cursor = decode_page_token(request.page_token, filters, size=1, pattern=AUDIT_CURSOR)
         page = await self._service.list(
             current_principal(),
             integration_id=request.integration_id,

@@ -21,6 +21,7 @@ from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.connections import UPDATABLE_PATHS, ConnectionDraft, ConnectionService
 from credbroker.domain.errors import InvalidArgumentError
 from credbroker.domain.events import ConnectionEventService
+from credbroker.domain.validation import CONNECTION_ID_PATTERN
 from credbroker.v1 import connection_service_pb2 as pb
 from credbroker.v1 import connection_service_pb2_grpc as pb_grpc
 from credbroker.v1 import resources_pb2
@@ -103,7 +104,9 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
             "tags": tags,
             "verification_state": int(request.verification_state),
         }
-        cursor = decode_page_token(request.page_token, filters, size=2)
+        cursor = decode_page_token(
+            request.page_token, filters, size=2, pattern=CONNECTION_ID_PATTERN
+        )
         page = await self._service.list(
             current_principal(),
             integration_id=request.integration_id,

@@ -11,6 +11,8 @@ from credbroker.api.convert import AUTH_MODE_FROM_PROTO, integration_to_proto, p
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.errors import InvalidArgumentError
 from credbroker.domain.integrations import IntegrationDraft, IntegrationService
+from credbroker.domain.providers import PROVIDER_NAME_PATTERN
+from credbroker.domain.validation import INTEGRATION_ID_PATTERN
 from credbroker.v1 import integration_service_pb2 as pb
 from credbroker.v1 import integration_service_pb2_grpc as pb_grpc
 from credbroker.v1 import resources_pb2
@@ -43,7 +45,9 @@ class IntegrationServicer(pb_grpc.IntegrationServiceServicer):
         self, request: pb.ListIntegrationsRequest, context: Context
     ) -> pb.ListIntegrationsResponse:
         filters = {"method": "ListIntegrations"}
-        cursor = decode_page_token(request.page_token, filters, size=1)
+        cursor = decode_page_token(
+            request.page_token, filters, size=1, pattern=INTEGRATION_ID_PATTERN
+        )
         page = await self._service.list(
             current_principal(), page_size=request.page_size, after=cursor[0] if cursor else None
         )
@@ -84,7 +88,9 @@ class IntegrationServicer(pb_grpc.IntegrationServiceServicer):
             if auth_mode is None:
                 raise InvalidArgumentError.single("auth_mode", "is not a known auth mode")
         filters = {"method": "ListProviders", "auth_mode": int(request.auth_mode)}
-        cursor = decode_page_token(request.page_token, filters, size=1)
+        cursor = decode_page_token(
+            request.page_token, filters, size=1, pattern=PROVIDER_NAME_PATTERN
+        )
         page = self._service.list_providers(
             auth_mode, page_size=request.page_size, after=cursor[0] if cursor else None
         )

@@ -15,7 +15,6 @@ from typing import Any
 import structlog
 
 from credbroker.domain.destinations import destination_changes, require_credentials_read
-from credbroker.domain.etags import check_etag, parse_etag
 from credbroker.domain.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -25,6 +24,7 @@ from credbroker.domain.errors import (
     InvalidArgumentError,
     NotFoundError,
 )
+from credbroker.domain.etags import check_etag, parse_etag
 from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.injection import check_config, resolve_auth, verification_for
 from credbroker.domain.integrations import IntegrationService
