@@ -512,7 +512,7 @@ async def test_etag_is_bound_to_its_connection(tenant: Any) -> None:
     """Issue 9, finding 10: connection A's etag (same version as B's) is refused on B, and a
     bare version number is not an etag."""
     a = await seed(tenant)
-    other = {"integration_id": "openai", "connection_id": "other-connection"}
+    other: dict[str, Any] = {"integration_id": "openai", "connection_id": "other-connection"}
     b = await tenant.connections.CreateConnection(
         cpb.CreateConnectionRequest(connection=rpb.Connection(**other, credentials=api_key("kb"))),
         metadata=tenant.metadata,
