@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +19,19 @@ import structlog
 log = structlog.get_logger("credbroker.changes")
 
 CHANNEL = "credbroker_changes"
+# Caches are trusted only while the listening connection answered within this many seconds,
+# which bounds how late a revocation can take effect when that connection stalls.
+LIVENESS_SECONDS = 1.0
 
 
 class ChangeListener:
-    def __init__(self, dsn: str, *, retry_seconds: float = 1.0) -> None:
+    def __init__(
+        self, dsn: str, *, retry_seconds: float = 1.0, liveness_seconds: float = LIVENESS_SECONDS
+    ) -> None:
         self._dsn = dsn
         self._retry_seconds = retry_seconds
+        self._liveness = liveness_seconds
+        self._alive_at = 0.0  # monotonic time of the last round trip that proved delivery
         self._subscribers: list[tuple[Callable[[list[str]], None], Callable[[], None]]] = []
         self._connection: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -31,8 +39,14 @@ class ChangeListener:
 
     @property
     def healthy(self) -> bool:
+        """Connected, and a round trip on the listening connection (which also delivers every
+        announcement committed before it) finished within the last ``liveness_seconds``: a
+        stalled connection makes the caches bypassed after that bound, not after a TCP or ping
+        timeout."""
         connection = self._connection
-        return connection is not None and not connection.is_closed()
+        if connection is None or connection.is_closed():
+            return False
+        return time.monotonic() - self._alive_at <= self._liveness
 
     def subscribe(
         self, on_change: Callable[[list[str]], None], on_reset: Callable[[], None]
@@ -70,15 +84,20 @@ class ChangeListener:
         self._lost.set()
 
     async def _ping(self) -> None:
-        """Detects a silently dead connection (announcements would be missed)."""
+        """Proves the connection still delivers (see :attr:`healthy`); a connection that stays
+        silent past the retry bound is dropped and reconnected."""
         connection = self._connection
         if connection is None:
             return
         try:
-            await connection.fetchval("SELECT 1", timeout=self._retry_seconds * 2)
+            await connection.fetchval("SELECT 1", timeout=max(self._retry_seconds * 2, 0.1))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             connection.terminate()
             self._terminated(connection)
+            return
+        if time.monotonic() - self._alive_at > self._liveness:
+            self._reset_all()  # entries cached before the stall: start over
+        self._alive_at = time.monotonic()
 
     async def _connect(self) -> None:
         connection = await asyncpg.connect(
@@ -89,12 +108,13 @@ class ChangeListener:
         # Anything cached before this point may have missed announcements.
         self._reset_all()
         self._connection = connection
+        self._alive_at = time.monotonic()
         self._lost.clear()
 
     async def _supervise(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), timeout=self._retry_seconds * 5)
+                await asyncio.wait_for(self._lost.wait(), timeout=self._liveness / 3)
             except TimeoutError:
                 await self._ping()
                 continue
