@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from credbroker import log_hygiene, metrics
 from credbroker.admission import Admission, Auditor, Credential
 from credbroker.admission.limits import Limits, LimitSettings
+from credbroker.admission.ratelimit import FailedAuthLimiter, FailureBudget, GuardedAuthenticator
 from credbroker.api.audit_service import AuditServicer
 from credbroker.api.connections import ConnectionServicer
 from credbroker.api.handlers import GrpcRegistry
@@ -363,7 +364,15 @@ async def start_server(
     )
     limits = Limits(limit_settings(settings))
     admission = Admission(
-        {Credential.SECRET_KEY: keys.authenticate},
+        {
+            Credential.SECRET_KEY: GuardedAuthenticator(
+                keys.authenticate,
+                keys.authenticate_cached,
+                FailedAuthLimiter(
+                    FailureBudget(settings.auth_failures_per_second, settings.auth_failure_burst)
+                ),
+            )
+        },
         Auditor(audit_log),
         max_seconds=settings.rpc_timeout,
         passthrough=(grpc.aio.AbortError,),

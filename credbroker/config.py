@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     max_watch_streams_per_peer: int = Field(
         16, ge=1, description="Health/Watch streams open at once per client address"
     )
+    auth_failures_per_second: float = Field(
+        20.0, gt=0, description="failed authentications refilled per second, per client address"
+    )
+    auth_failure_burst: float = Field(
+        200.0, ge=1, description="failed authentications a client address may make in a burst"
+    )
     watch_max_age: float = Field(
         600.0, gt=0, description="seconds after which a Health/Watch stream ends (OK)"
     )

@@ -30,6 +30,7 @@ from credbroker.admission.audit import Audit, Auditor, CreatedId, ResourceIds
 from credbroker.admission.audit import no_created_id as _no_created_id
 from credbroker.admission.audit import no_resources as _no_resources
 from credbroker.admission.limits import Limits, LimitSettings
+from credbroker.admission.ratelimit import current_peer
 from credbroker.domain.models import Principal, Scope
 
 log = structlog.get_logger("credbroker.api")
@@ -144,10 +145,16 @@ class Admission:
         _principal.set(principal)
 
     async def admit(
-        self, op: Operation, token: str | None, *, absent_reason: str = "UNAUTHENTICATED"
+        self,
+        op: Operation,
+        token: str | None,
+        *,
+        absent_reason: str = "UNAUTHENTICATED",
+        peer: str = "",
     ) -> Principal:
         """Authenticates and authorizes only (for streams); raises Refused, or whatever the
         authenticator raised (map it with :func:`~credbroker.admission.errors.failure_for`)."""
+        current_peer.set(peer)
         principal = await self._authenticated(op, token, absent_reason)
         self._authorize(op, principal)
         return principal
@@ -175,6 +182,7 @@ class Admission:
         ``max_concurrent_rpcs`` once their message arrived (:mod:`credbroker.admission.limits`).
         """
         request_id = start_request(op.name)
+        current_peer.set(peer)
         principal: Principal | None = None
         event_id: int | None = None
         resources = ("", "")

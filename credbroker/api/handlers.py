@@ -185,7 +185,9 @@ class GrpcRegistry:
                     if exempt:
                         held.enter_context(limits.watch(context.peer()))
                     else:
-                        await admission.admit(op, bearer_token(context.invocation_metadata()))
+                        await admission.admit(
+                            op, bearer_token(context.invocation_metadata()), peer=context.peer()
+                        )
                     if unary_request:
                         request = _checked(await limits.first_message(requests))
                     else:

@@ -107,7 +107,21 @@ class KeyService:
         parsed = secret_keys.parse_key(token)
         if parsed is None:
             return None
-        record = await self._keys.get(parsed.key_id)
+        return self._principal(parsed, await self._keys.get(parsed.key_id))
+
+    def authenticate_cached(self, token: str) -> Principal | None:
+        """Like :meth:`authenticate`, from the repository's cache only (no database work); None
+        when the key is not cached, or not valid."""
+        parsed = secret_keys.parse_key(token)
+        peek = getattr(self._keys, "peek", None)
+        if parsed is None or peek is None:
+            return None
+        record = peek(parsed.key_id)
+        return self._principal(parsed, record) if record is not None else None
+
+    def _principal(
+        self, parsed: secret_keys.ParsedKey, record: SecretKeyRecord | None
+    ) -> Principal | None:
         if not secret_keys.secret_matches(parsed, record.secret_hash if record else None):
             return None
         assert record is not None

@@ -59,6 +59,13 @@ class CoherentCache(Generic[K, V]):
         self._invalidations = 0
         self.stats = CacheStats()
 
+    @property
+    def invalidations(self) -> int:
+        return self._invalidations
+
+    def cached(self, key: K) -> V | None:
+        return self._entries.get(key)
+
     def clear(self) -> None:
         self._invalidations += 1
         self._entries.clear()
@@ -90,27 +97,53 @@ class CoherentCache(Generic[K, V]):
 
 
 class CachingSecretKeyRepository:
-    """Caches ``get`` by key id; writes pass through and drop the entry. Unknown ids are not
-    cached (nothing to revoke, no memory spent on junk ids)."""
+    """Caches ``get`` by key id; writes pass through and drop the entry. Unknown ids are cached
+    too (negatively, in a bounded cache of their own), so a forged key presented again costs
+    no database work and answers as fast as a known id with a wrong secret (no existence
+    oracle). Key ids are random: an id nobody has been given cannot have been cached before it
+    is created, and a key created in this process drops its entry."""
 
     def __init__(
         self, inner: SecretKeyRepository, listener: ChangeListener, *, ttl: float, size: int
     ) -> None:
         self._inner = inner
+        self._listener = listener
         self._cache: CoherentCache[str, SecretKeyRecord] = CoherentCache(
             listener, ttl=ttl, size=size
         )
+        self._unknown: TTLCache[str, bool] = TTLCache(maxsize=size, ttl=ttl)
         self.stats = self._cache.stats
-        listener.subscribe(self._on_change, self._cache.clear)
+        self.unknown_hits = 0
+        listener.subscribe(self._on_change, self._reset)
+
+    def _reset(self) -> None:
+        self._cache.clear()
+        self._unknown.clear()
 
     def _on_change(self, parts: list[str]) -> None:
         if parts[0] == "k" and len(parts) == 2:
             self._cache.forget(parts[1])
+            self._unknown.pop(parts[1], None)
+
+    def peek(self, key_id: str) -> SecretKeyRecord | None:
+        """The cached record, without any database work (None if not cached or untrusted)."""
+        if not self._listener.healthy:
+            return None
+        return self._cache.cached(key_id)
 
     async def get(self, key_id: str) -> SecretKeyRecord | None:
-        return await self._cache.get_or_load(key_id, lambda: self._inner.get(key_id))
+        healthy = self._listener.healthy
+        if healthy and key_id in self._unknown:
+            self.unknown_hits += 1
+            return None
+        before = self._cache.invalidations
+        record = await self._cache.get_or_load(key_id, lambda: self._inner.get(key_id))
+        if record is None and healthy and before == self._cache.invalidations:
+            self._unknown[key_id] = True
+        return record
 
     async def create(self, record: SecretKeyRecord) -> None:
+        self._unknown.pop(record.key_id, None)
         await self._inner.create(record)
 
     async def list(self, environment_id: UUID) -> list[SecretKeyRecord]:
