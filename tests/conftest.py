@@ -107,6 +107,9 @@ def make_settings(url: str, ring: Keyring, **overrides: object) -> Settings:
         "db_pool_max": 10,
         "verify_credentials": False,  # no internet here; verification tests use a fake provider
         "webhook_dispatch": False,  # nothing leaves the machine; webhook tests start their own
+        # Every test calls from 127.0.0.1, so the suite's failed authentications add up on one
+        # address; the rate-limit tests (tests/security/test_forged_keys.py) set their own.
+        "auth_failure_burst": 1_000_000,
     }
     values.update(overrides)
     return Settings.model_validate(values)

@@ -262,9 +262,11 @@ async def test_production_logs_with_verification_on(
 
     keyring_file = tmp_path / "keyring.json"
     keyring_file.write_text(keyring.to_json())
-    with socket.socket() as sock:
+    with socket.socket() as sock, socket.socket() as http_sock:
         sock.bind(("127.0.0.1", 0))
+        http_sock.bind(("127.0.0.1", 0))
         port = int(sock.getsockname()[1])
+        http_port = int(http_sock.getsockname()[1])
     env = {k: v for k, v in os.environ.items() if not k.startswith("CREDBROKER_")}
     env.update(
         CREDBROKER_DATABASE_URL=verification_database_url,
@@ -274,6 +276,8 @@ async def test_production_logs_with_verification_on(
         CREDBROKER_VERIFY_CREDENTIALS="true",
         CREDBROKER_OUTBOUND_ALLOW="127.0.0.0/8",
         CREDBROKER_RECHECK_INTERVAL="0",
+        CREDBROKER_HTTP_LISTEN=f"127.0.0.1:{http_port}",
+        CREDBROKER_WORKERS="1",
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "credbroker", "serve", "--listen", f"127.0.0.1:{port}",
