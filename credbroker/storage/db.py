@@ -79,7 +79,13 @@ class Database:
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
             async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
-                yield cast(asyncpg.Connection, connection)
+                try:
+                    yield cast(asyncpg.Connection, connection)
+                except asyncpg.exceptions.InternalClientError as exc:
+                    # The connection's protocol state is broken (seen after a database
+                    # restart, with an operation left half done): drop it from the pool.
+                    connection.terminate()
+                    raise UnavailableError("database connection in a bad state") from exc
         except _UNAVAILABLE as exc:
             raise UnavailableError("database unavailable") from exc
 
