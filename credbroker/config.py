@@ -145,6 +145,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_event_retention(self) -> Settings:
+        # Retention deletes an event's deliveries with it: they must outlive their retries.
+        if self.event_retention < self.webhook_retry_horizon:
+            raise ValueError(
+                "CREDBROKER_EVENT_RETENTION must be at least CREDBROKER_WEBHOOK_RETRY_HORIZON"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _check_tls(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("CREDBROKER_TLS_CERT and CREDBROKER_TLS_KEY go together")
