@@ -20,6 +20,7 @@ from credbroker.admission import Admission, Auditor, Credential
 from credbroker.admission.limits import Limits, LimitSettings
 from credbroker.admission.ratelimit import FailedAuthLimiter, FailureBudget, GuardedAuthenticator
 from credbroker.api.audit_service import AuditServicer
+from credbroker.api.connect_sessions import ConnectSessionServicer
 from credbroker.api.connections import ConnectionServicer
 from credbroker.api.handlers import GrpcRegistry
 from credbroker.api.integrations import IntegrationServicer
@@ -37,25 +38,28 @@ from credbroker.config import Settings
 from credbroker.crypto import EnvelopeCipher, Keyring
 from credbroker.dispatch import RunningDispatcher, start_dispatcher, webhook_service
 from credbroker.domain.audit import AuditService
+from credbroker.domain.connect_sessions import ConnectSessionService
 from credbroker.domain.connections import ConnectionService
 from credbroker.domain.errors import DomainError
 from credbroker.domain.events import ConnectionEventService, WatchLimits
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
+from credbroker.domain.models import Principal
 from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
 from credbroker.domain.providers import ProviderCatalog, default_catalog
 from credbroker.domain.verification import CredentialVerifier
 from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
+from credbroker.rest import connect_api, connect_sessions, openapi
 from credbroker.rest import connections as http_connections
 from credbroker.rest import health as http_health
 from credbroker.rest import integrations as http_integrations
-from credbroker.rest import openapi
 from credbroker.rest.app import build_app
 from credbroker.rest.endpoints import HttpRoutes
 from credbroker.rest.server import HttpServer, split_address, tls_context
 from credbroker.storage.audit import GroupCommitAuditLog, PostgresAuditLog
 from credbroker.storage.cache import CachingConnectionRepository, CachingSecretKeyRepository
 from credbroker.storage.changes import ChangeListener
+from credbroker.storage.connect_sessions import PostgresConnectSessionRepository
 from credbroker.storage.connections import PostgresConnectionRepository
 from credbroker.storage.environments import (
     PostgresEnvironmentRepository,
@@ -67,6 +71,8 @@ from credbroker.storage.master_keys import PostgresMasterKeyRepository
 from credbroker.v1 import (
     audit_service_pb2,
     audit_service_pb2_grpc,
+    connect_session_service_pb2,
+    connect_session_service_pb2_grpc,
     connection_service_pb2,
     connection_service_pb2_grpc,
     integration_service_pb2,
@@ -82,6 +88,7 @@ SERVICE_NAMES = (
     connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"].full_name,
     audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"].full_name,
     webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"].full_name,
+    connect_session_service_pb2.DESCRIPTOR.services_by_name["ConnectSessionService"].full_name,
 )
 
 
@@ -109,6 +116,26 @@ async def _flush_last_used_periodically(
                 await connections.flush_fetches()
             except Exception as exc:  # noqa: BLE001 - bookkeeping only; retried next interval
                 log.warning("could not record connection read times", error_type=type(exc).__name__)
+
+
+def _no_cached_session(_token: str) -> Principal | None:
+    """Sessions are not cached: while a client is over its failed-auth budget, its session
+    tokens are refused like unknown keys."""
+    return None
+
+
+SESSION_PURGE_SECONDS = 300.0
+SESSION_RETENTION = timedelta(days=1)
+
+
+async def _purge_sessions_periodically(sessions: ConnectSessionService, interval: float) -> None:
+    """Deletes connect sessions a day after they expired (any server may do it; idempotent)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await sessions.purge_expired(SESSION_RETENTION)
+        except Exception as exc:  # noqa: BLE001 - housekeeping only; retried next interval
+            log.warning("could not purge expired connect sessions", error_type=type(exc).__name__)
 
 
 @dataclass
@@ -363,15 +390,27 @@ async def start_server(
         PostgresAuditLog(backend.db), on_batch=metrics.AUDIT_BATCH.observe
     )
     limits = Limits(limit_settings(settings))
+    sessions = ConnectSessionService(
+        PostgresConnectSessionRepository(backend.db),
+        integrations,
+        connections,
+        catalog,
+        public_url=settings.public_url or "",
+        allowed_origins=settings.connect_origins(),
+        max_attempts=settings.connect_max_attempts,
+    )
+    auth_limiter = FailedAuthLimiter(
+        FailureBudget(settings.auth_failures_per_second, settings.auth_failure_burst)
+    )
     admission = Admission(
         {
             Credential.SECRET_KEY: GuardedAuthenticator(
-                keys.authenticate,
-                keys.authenticate_cached,
-                FailedAuthLimiter(
-                    FailureBudget(settings.auth_failures_per_second, settings.auth_failure_burst)
-                ),
-            )
+                keys.authenticate, keys.authenticate_cached, auth_limiter
+            ),
+            # One failure budget per client address for both kinds of token.
+            Credential.SESSION_TOKEN: GuardedAuthenticator(
+                sessions.authenticate, _no_cached_session, auth_limiter
+            ),
         },
         Auditor(audit_log),
         max_seconds=settings.rpc_timeout,
@@ -399,6 +438,10 @@ async def start_server(
         webhook_service_pb2_grpc.add_WebhookServiceServicer_to_server,
         WebhookServicer(webhook_service(settings, backend, keyring, event_hub)),
     )
+    registry.add(
+        connect_session_service_pb2_grpc.add_ConnectSessionServiceServicer_to_server,
+        ConnectSessionServicer(sessions, max_attempts=settings.connect_max_attempts),
+    )
     health_servicer = health.aio.HealthServicer()
     registry.add(health_pb2_grpc.add_HealthServicer_to_server, health_servicer)
     if settings.reflection:
@@ -421,8 +464,9 @@ async def start_server(
             raise StartupError(f"cannot listen on {address}")
         if settings.http_listen:
             http_server, public_url = await _start_http(
-                settings, admission, state, connections, integrations
+                settings, admission, state, connections, integrations, sessions
             )
+            sessions.set_public_url(public_url)
     except BaseException:
         await server.stop(None)
         await probe.close()
@@ -436,7 +480,8 @@ async def start_server(
     tasks = [
         asyncio.create_task(
             _flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS, connections)
-        )
+        ),
+        asyncio.create_task(_purge_sessions_periodically(sessions, SESSION_PURGE_SECONDS)),
     ]
     if settings.recheck_interval > 0:
         tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
@@ -476,6 +521,7 @@ async def _start_http(
     state: http_health.ServingState,
     connections: ConnectionService,
     integrations: IntegrationService,
+    sessions: ConnectSessionService,
 ) -> tuple[HttpServer, str]:
     """Binds and starts the HTTP listener; returns it and the public base URL."""
     routes = HttpRoutes(admission, max_body_bytes=settings.max_message_bytes)
@@ -491,7 +537,14 @@ async def _start_http(
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the TLS certificate or key ({exc})") from None
     http_server = HttpServer(
-        build_app([*http_health.routes(routes, state), *api_routes]),
+        build_app(
+            [
+                *http_health.routes(routes, state),
+                *api_routes,
+                *connect_sessions.routes(routes, sessions),
+                *connect_api.routes(routes, sessions),
+            ]
+        ),
         settings.http_listen,
         reuse_port=settings.reuse_port,
         tls=tls,

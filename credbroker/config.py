@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from credbroker.domain.connect_sessions import normalize_origin
 from credbroker.outbound import parse_networks
 
 
@@ -30,6 +31,14 @@ class Settings(BaseSettings):
     log_format: str = Field("auto", description="json, console, or auto (console on a terminal)")
     log_level: str = Field("info", description="debug, info, warning or error")
     reflection: bool = Field(True, description="serve gRPC server reflection")
+    connect_allowed_origins: str = Field(
+        "",
+        description="comma-separated origins that may use every connect session "
+        "and embed the connect page (https://app.example.com)",
+    )
+    connect_max_attempts: int = Field(
+        5, ge=1, le=100, description="failed submissions a connect session admits"
+    )
     db_pool_min: int = Field(2, ge=0, le=100)
     db_pool_max: int = Field(10, ge=1, le=500)
     db_acquire_timeout: float = Field(
@@ -160,6 +169,18 @@ class Settings(BaseSettings):
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("CREDBROKER_TLS_CLIENT_CA needs CREDBROKER_TLS_CERT and _KEY")
         return self
+
+    @field_validator("connect_allowed_origins")
+    @classmethod
+    def _check_connect_origins(cls, value: str) -> str:
+        for item in (part.strip() for part in value.split(",")):
+            if item and normalize_origin(item) is None:
+                raise ValueError(f"{item!r} is not an origin like https://app.example.com")
+        return value
+
+    def connect_origins(self) -> list[str]:
+        """``connect_allowed_origins`` as a list."""
+        return [part.strip() for part in self.connect_allowed_origins.split(",") if part.strip()]
 
     @field_validator("public_url")
     @classmethod

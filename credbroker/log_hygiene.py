@@ -26,6 +26,8 @@ from typing import Any
 # with one odd byte (or escaped as \xff in a repr) must not leave all but one character behind.
 # The key id is public and kept when it is intact.
 _KEY_SHAPED = re.compile(r"cbsk_(?:([0-9A-Za-z]{16})_)?(?:<redacted>|[^\s'\"`,;<>(){}\[\]]*)")
+# Connect-session tokens (credbroker.domain.connect_sessions) are masked whole.
+_SESSION_SHAPED = re.compile(r"cbcs_[^\s'\"`,;<>(){}\[\]&]*")
 # A URL's query string (scheme://host/path?query), and a request target's (/path?query).
 _URL_QUERY = re.compile(
     r"((?:[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s?#'\"<>]*|(?<![^\s'\"(=])/[^\s?#'\"<>]*)\?)(?!<redacted>)[^\s#'\"<>]+"
@@ -52,6 +54,8 @@ def scrub(text: str) -> str:
         text = _KEY_SHAPED.sub(_mask_key, text)
     if "cbwhsec_" in text:
         text = _WEBHOOK_SECRET.sub("cbwhsec_<redacted>", text)
+    if "cbcs_" in text:
+        text = _SESSION_SHAPED.sub("cbcs_<redacted>", text)
     if "?" in text:
         text = _URL_QUERY.sub(r"\1<redacted>", text)
     return _AUTH_VALUE.sub(r"\1\2<redacted>", text)

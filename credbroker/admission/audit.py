@@ -22,6 +22,7 @@ import structlog
 from credbroker.domain.audit import UNFINISHED, AuditLog, AuditRecord
 from credbroker.domain.errors import UnavailableError
 from credbroker.domain.models import Principal
+from credbroker.domain.validation import CONNECTION_ID_PATTERN, INTEGRATION_ID_PATTERN
 
 log = structlog.get_logger("credbroker.audit")
 
@@ -38,6 +39,22 @@ class Audit(enum.Enum):
 ResourceIds = Callable[[Any], tuple[str, str]]
 # The connection id a successful response names (e.g. a server-generated id); '' if none.
 CreatedId = Callable[[Any], str]
+
+
+INVALID_ID = "<invalid>"
+
+
+def recordable(integration_id: str, connection_id: str) -> tuple[str, str]:
+    """The ids as recorded: well-formed ones as they are; invalid input is never copied into
+    the trail (it becomes ``<invalid>``)."""
+    return (
+        integration_id
+        if not integration_id or INTEGRATION_ID_PATTERN.fullmatch(integration_id)
+        else INVALID_ID,
+        connection_id
+        if not connection_id or CONNECTION_ID_PATTERN.fullmatch(connection_id)
+        else INVALID_ID,
+    )
 
 
 def no_resources(_: Any) -> tuple[str, str]:

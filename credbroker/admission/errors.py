@@ -30,6 +30,7 @@ from credbroker.domain.errors import (
     NotFoundError,
     PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 
@@ -63,6 +64,7 @@ class ErrorCode(enum.Enum):
 
 DOMAIN_ERROR_CODES: dict[type[DomainError], ErrorCode] = {
     InvalidArgumentError: ErrorCode.INVALID_ARGUMENT,
+    UnauthenticatedError: ErrorCode.UNAUTHENTICATED,
     NotFoundError: ErrorCode.NOT_FOUND,
     PermissionDeniedError: ErrorCode.PERMISSION_DENIED,
     AlreadyExistsError: ErrorCode.ALREADY_EXISTS,

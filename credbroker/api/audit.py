@@ -3,15 +3,14 @@ transport-neutral: :mod:`credbroker.admission.audit`)."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from credbroker.admission.audit import Audit
-from credbroker.domain.validation import CONNECTION_ID_PATTERN, INTEGRATION_ID_PATTERN
+from credbroker.admission.audit import Audit, recordable
 
 _INTEGRATIONS = "/credbroker.v1.IntegrationService/"
 _CONNECTIONS = "/credbroker.v1.ConnectionService/"
 _WEBHOOKS = "/credbroker.v1.WebhookService/"
+_SESSIONS = "/credbroker.v1.ConnectSessionService/"
 
 REVEAL_METHODS = frozenset({_CONNECTIONS + "AccessCredentials"})
 MUTATING_METHODS = frozenset(
@@ -28,6 +27,8 @@ MUTATING_METHODS = frozenset(
         _WEBHOOKS + "DeleteWebhookEndpoint",
         _WEBHOOKS + "RotateWebhookSecret",
         _WEBHOOKS + "RedeliverWebhookEvent",
+        _SESSIONS + "CreateConnectSession",
+        _SESSIONS + "DeleteConnectSession",
     }
 )
 
@@ -40,24 +41,13 @@ def audit_rule(method: str) -> Audit:
     return Audit.NONE
 
 
-INVALID_ID = "<invalid>"
-
-
-def _recordable(value: str, pattern: re.Pattern[str]) -> str:
-    """The id itself if it is well-formed; invalid input is never copied into the trail."""
-    return value if not value or pattern.fullmatch(value) else INVALID_ID
-
-
 def resource_ids(message: Any) -> tuple[str, str]:
     """(integration_id, connection_id) named by a request or response message, '' if none."""
     for nested in ("connection", "integration"):
         if hasattr(message, nested) and message.HasField(nested):
             message = getattr(message, nested)
             break
-    return (
-        _recordable(getattr(message, "integration_id", ""), INTEGRATION_ID_PATTERN),
-        _recordable(getattr(message, "connection_id", ""), CONNECTION_ID_PATTERN),
-    )
+    return recordable(getattr(message, "integration_id", ""), getattr(message, "connection_id", ""))
 
 
 def created_connection_id(response: Any) -> str:

@@ -96,7 +96,23 @@ def dict_to_struct(value: Any) -> struct_pb2.Struct:
     return struct
 
 
+def end_user_to_proto(end_user: models.EndUser) -> resources_pb2.EndUser:
+    return resources_pb2.EndUser(
+        id=end_user.id, email=end_user.email, display_name=end_user.display_name
+    )
+
+
 def connection_to_proto(connection: models.Connection) -> resources_pb2.Connection:
+    message = _connection_to_proto(connection)
+    if connection.end_user is not None:
+        message.end_user.CopyFrom(end_user_to_proto(connection.end_user))
+    if connection.organization is not None:
+        message.organization_id = connection.organization.id
+        message.organization_display_name = connection.organization.display_name
+    return message
+
+
+def _connection_to_proto(connection: models.Connection) -> resources_pb2.Connection:
     return resources_pb2.Connection(
         integration_id=connection.integration_id,
         connection_id=connection.connection_id,

@@ -7,6 +7,7 @@ from credbroker.domain.models import Scope
 _INTEGRATIONS = "/credbroker.v1.IntegrationService/"
 _CONNECTIONS = "/credbroker.v1.ConnectionService/"
 _WEBHOOKS = "/credbroker.v1.WebhookService/"
+_SESSIONS = "/credbroker.v1.ConnectSessionService/"
 
 REQUIRED_SCOPES: dict[str, Scope] = {
     _INTEGRATIONS + "CreateIntegration": Scope.INTEGRATIONS_WRITE,
@@ -32,4 +33,8 @@ REQUIRED_SCOPES: dict[str, Scope] = {
     _WEBHOOKS + "RotateWebhookSecret": Scope.WEBHOOKS_WRITE,
     _WEBHOOKS + "ListWebhookDeliveries": Scope.WEBHOOKS_READ,
     _WEBHOOKS + "RedeliverWebhookEvent": Scope.WEBHOOKS_WRITE,
+    _SESSIONS + "CreateConnectSession": Scope.CONNECT_SESSIONS_WRITE,
+    _SESSIONS + "GetConnectSession": Scope.CONNECT_SESSIONS_WRITE,
+    _SESSIONS + "ListConnectSessions": Scope.CONNECT_SESSIONS_WRITE,
+    _SESSIONS + "DeleteConnectSession": Scope.CONNECT_SESSIONS_WRITE,
 }

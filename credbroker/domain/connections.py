@@ -36,6 +36,8 @@ from credbroker.domain.models import (
     Connection,
     Credentials,
     EncryptedConnectionSecrets,
+    EndUser,
+    Organization,
     Page,
     Principal,
     RevealedCredentials,
@@ -84,6 +86,8 @@ class ConnectionDraft:
     metadata: Mapping[str, Any] | None
     connection_config: Mapping[str, str] | None
     tags: Mapping[str, str] | None
+    end_user: EndUser | None = None
+    organization: Organization | None = None
 
     def __repr__(self) -> str:
         return f"ConnectionDraft({self.integration_id!r}, {self.connection_id!r}, <redacted>)"
@@ -248,6 +252,8 @@ class ConnectionService:
             tags=dict(draft.tags or {}),
             connection_config_keys=tuple(sorted(config)),
             verification=verification,
+            end_user=draft.end_user,
+            organization=draft.organization,
         )
         secrets = EncryptedConnectionSecrets(
             credentials=self._encrypt(
@@ -409,6 +415,20 @@ class ConnectionService:
         after = dict(draft.connection_config or {})
         if destination_changes(provider, "connection_config", before, after):
             require_credentials_read(principal, "connection_config")
+
+    async def replace_credentials(
+        self,
+        principal: Principal,
+        integration_id: str,
+        connection_id: str,
+        credentials: Credentials,
+    ) -> Connection:
+        """Replaces only the credentials of an existing connection (verified with its stored
+        config); its config, metadata, tags and end user stay as they are."""
+        draft = ConnectionDraft(integration_id, connection_id, credentials, None, None, None)
+        return await self.update(
+            principal, draft, frozenset({"credentials"}), etag="", allow_missing=False
+        )
 
     async def _verify_replacement(
         self,

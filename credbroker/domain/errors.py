@@ -1,7 +1,10 @@
-"""Domain errors. The api layer maps each class to one gRPC status (``credbroker.api.errors``).
+"""Domain errors. The one error table (``credbroker.admission.errors``) maps each class to a
+transport-neutral code, hence to one gRPC status and one HTTP status.
 
     DomainError
     ├── InvalidArgumentError     bad input; carries field violations  -> INVALID_ARGUMENT
+    ├── UnauthenticatedError     a known credential that no longer admits (e.g. an expired
+    │                            connect session)                     -> UNAUTHENTICATED
     ├── PermissionDeniedError    the key lacks a scope the call needs -> PERMISSION_DENIED
     ├── NotFoundError            missing, or in another environment   -> NOT_FOUND
     ├── AlreadyExistsError       id taken within the environment       -> ALREADY_EXISTS
@@ -55,6 +58,10 @@ class InvalidArgumentError(DomainError):
         cls, field: str, description: str, *, reason: str | None = None
     ) -> InvalidArgumentError:
         return cls([FieldViolation(field, description)], reason=reason)
+
+
+class UnauthenticatedError(DomainError):
+    reason = "UNAUTHENTICATED"
 
 
 class PermissionDeniedError(DomainError):

@@ -28,6 +28,7 @@ class Scope(enum.Enum):
     AUDIT_READ = "audit:read"
     WEBHOOKS_READ = "webhooks:read"
     WEBHOOKS_WRITE = "webhooks:write"
+    CONNECT_SESSIONS_WRITE = "connect_sessions:write"
 
 
 ALL_SCOPES: frozenset[Scope] = frozenset(Scope)
@@ -41,13 +42,72 @@ class Environment:
 
 
 @dataclass(frozen=True)
+class EndUser:
+    """The app's end user a connection belongs to, as the app's backend named them."""
+
+    id: str
+    email: str = ""
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class Organization:
+    """The end user's organization in the app, as the app's backend named it."""
+
+    id: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True)
+class ReconnectTarget:
+    """The one connection a reconnect session may replace the credentials of."""
+
+    integration_id: str
+    connection_id: str
+
+
+@dataclass(frozen=True)
+class ConnectSession:
+    """A short-lived grant for a browser to store one end user's credentials (the token itself
+    is never kept: only its hash, in storage)."""
+
+    id: UUID
+    environment_id: UUID
+    environment_name: str
+    end_user: EndUser | None
+    organization: Organization | None
+    tags: Mapping[str, str]
+    allowed_integrations: tuple[str, ...]
+    allowed_origins: tuple[str, ...]
+    integrations_config_defaults: Mapping[str, Mapping[str, str]]
+    reconnect: ReconnectTarget | None
+    connection_id: str
+    """The id the connection gets (generated at creation; the reconnect target's id)."""
+    created_by: str
+    create_time: datetime
+    expire_time: datetime
+    consume_time: datetime | None = None
+    consumed_integration_id: str = ""
+    failed_attempts: int = 0
+
+    def is_expired(self, now: datetime) -> bool:
+        return now >= self.expire_time
+
+    def allows_integration(self, integration_id: str) -> bool:
+        return not self.allowed_integrations or integration_id in self.allowed_integrations
+
+
+@dataclass(frozen=True)
 class Principal:
-    """The authenticated caller of one request."""
+    """The authenticated caller of one request: a secret key, or a connect session (then
+    ``key_id`` is ``connect_session:<id>``, there are no scopes, and ``connect_session`` is
+    set)."""
 
     key_id: str
     environment_id: UUID
     environment_name: str
     scopes: frozenset[Scope]
+    connect_session: ConnectSession | None = None
 
 
 @dataclass(frozen=True)
@@ -149,6 +209,9 @@ class Connection:
     verification: VerificationRecord = UNVERIFIED
     last_fetch_time: datetime | None = None
     """When a backend last read the connection; recorded in batches, so it may lag."""
+    end_user: EndUser | None = None
+    """Who connected, when the connection came from a connect session."""
+    organization: Organization | None = None
 
 
 @dataclass(frozen=True)

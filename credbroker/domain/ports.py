@@ -13,9 +13,12 @@ from credbroker.domain.models import (
     UNVERIFIED,
     AuthMode,
     Connection,
+    ConnectSession,
     EncryptedConnectionSecrets,
+    EndUser,
     Environment,
     Integration,
+    Organization,
     SecretKeyRecord,
     VerificationRecord,
     VerificationState,
@@ -77,6 +80,8 @@ class NewConnection:
     tags: Mapping[str, str]
     connection_config_keys: tuple[str, ...]
     verification: VerificationRecord = UNVERIFIED
+    end_user: EndUser | None = None
+    organization: Organization | None = None
 
 
 @dataclass(frozen=True)
@@ -207,3 +212,38 @@ class SecretKeyRepository(Protocol):
         ...
 
     async def record_last_used(self, used: Mapping[str, datetime]) -> None: ...
+
+
+class ConnectSessionRepository(Protocol):
+    async def create(self, session: ConnectSession, token_hash: bytes) -> None: ...
+
+    async def get(self, environment_id: UUID, id: UUID) -> ConnectSession | None: ...
+
+    async def get_by_token_hash(self, token_hash: bytes) -> ConnectSession | None: ...
+
+    async def list(
+        self, environment_id: UUID, *, after: tuple[datetime, UUID] | None, limit: int
+    ) -> list[ConnectSession]:
+        """Newest first."""
+        ...
+
+    async def delete(self, environment_id: UUID, id: UUID) -> bool: ...
+
+    async def begin_attempt(
+        self, id: UUID, *, until: datetime, max_attempts: int
+    ) -> ConnectSession | None:
+        """Claims the session for one submission until ``until``; None unless it is unconsumed,
+        unexpired, under ``max_attempts`` failures and not claimed by another submission."""
+        ...
+
+    async def end_attempt(self, id: UUID, *, failed: bool) -> None:
+        """Releases the claim, counting a failure if ``failed``."""
+        ...
+
+    async def consume(self, id: UUID, integration_id: str) -> None:
+        """Marks the session used (it admits nobody afterwards) and releases the claim."""
+        ...
+
+    async def purge_expired(self, before: datetime) -> int:
+        """Deletes sessions that expired before ``before``; returns how many."""
+        ...

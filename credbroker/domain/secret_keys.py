@@ -37,7 +37,8 @@ _HASH_DOMAIN = b"credbroker/secret-key/v1\x00"
 DUMMY_HASH = hashlib.sha256(b"credbroker/dummy").digest()
 
 
-def _base62(number: int, width: int) -> str:
+def base62(number: int, width: int) -> str:
+    """``number`` in base62, left-padded with zeros to ``width`` characters."""
     digits = []
     while number:
         number, rem = divmod(number, 62)
@@ -48,8 +49,9 @@ def _base62(number: int, width: int) -> str:
     return encoded
 
 
-def _checksum(body: str) -> str:
-    return _base62(zlib.crc32(body.encode("ascii")), CHECKSUM_LENGTH)
+def checksum(body: str, width: int = CHECKSUM_LENGTH) -> str:
+    """CRC32 of ``body`` in base62 (GitHub-style token checksum)."""
+    return base62(zlib.crc32(body.encode("ascii")), width)
 
 
 @dataclass(frozen=True)
@@ -64,9 +66,9 @@ class ParsedKey:
 def generate_key() -> tuple[str, ParsedKey]:
     """Returns a new secret key (shown once) and its parsed form."""
     key_id = "".join(secrets.choice(_BASE62) for _ in range(KEY_ID_LENGTH))
-    secret = _base62(int.from_bytes(secrets.token_bytes(32), "big"), SECRET_LENGTH)
+    secret = base62(int.from_bytes(secrets.token_bytes(32), "big"), SECRET_LENGTH)
     body = f"{PREFIX}{key_id}_{secret}"
-    return body + _checksum(body), ParsedKey(key_id, secret)
+    return body + checksum(body), ParsedKey(key_id, secret)
 
 
 def parse_key(token: str) -> ParsedKey | None:
@@ -76,8 +78,8 @@ def parse_key(token: str) -> ParsedKey | None:
     match = _KEY_PATTERN.fullmatch(token)
     if match is None:
         return None
-    checksum = _checksum(token[:-CHECKSUM_LENGTH])
-    if not hmac.compare_digest(checksum, match.group(3)):
+    expected = checksum(token[:-CHECKSUM_LENGTH])
+    if not hmac.compare_digest(expected, match.group(3)):
         return None
     return ParsedKey(match.group(1), match.group(2))
 
@@ -93,3 +95,7 @@ def secret_matches(key: ParsedKey, stored_hash: bytes | None) -> bool:
     """Constant-time check; hashes against a dummy when the key id is unknown."""
     expected = stored_hash if stored_hash is not None else DUMMY_HASH
     return hmac.compare_digest(hash_secret(key), expected) and stored_hash is not None
+
+
+_base62 = base62  # earlier private names, kept for callers written against them
+_checksum = checksum

@@ -76,7 +76,7 @@ def check_connection_id(v: Violations, field: str, value: str) -> None:
 def check_display_name(v: Violations, field: str, value: str) -> None:
     if len(value) > MAX_DISPLAY_NAME:
         v.add(field, f"must be at most {MAX_DISPLAY_NAME} characters")
-    elif _has_control_chars(value):
+    elif has_control_chars(value):
         v.add(field, "must not contain control characters")
 
 
@@ -89,7 +89,7 @@ def check_credentials(v: Violations, field: str, credentials: Credentials | None
             v.add(f"{field}.api_key.api_key", "is required")
         elif size > MAX_API_KEY_BYTES:
             v.add(f"{field}.api_key.api_key", f"must be at most {MAX_API_KEY_BYTES} bytes")
-        elif _has_control_chars(credentials.api_key):
+        elif has_control_chars(credentials.api_key):
             # It goes into HTTP headers and query strings, where control characters break.
             v.add(f"{field}.api_key.api_key", "must not contain control characters")
     elif isinstance(credentials, BasicCredentials):
@@ -121,7 +121,7 @@ def check_tags(v: Violations, field: str, tags: Mapping[str, str]) -> None:
     for key, value in tags.items():
         if not TAG_KEY_PATTERN.fullmatch(key):
             v.add(field, "keys must match [a-z][a-z0-9_.-]{0,63}")
-        elif not 1 <= len(value) <= MAX_TAG_VALUE or _has_control_chars(value):
+        elif not 1 <= len(value) <= MAX_TAG_VALUE or has_control_chars(value):
             v.add(
                 f"{field}[{key}]",
                 f"must be 1-{MAX_TAG_VALUE} characters without control characters",
@@ -152,7 +152,7 @@ MAX_SEARCH = 255
 def check_search(v: Violations, field: str, value: str) -> None:
     if len(value) > MAX_SEARCH:
         v.add(field, f"must be at most {MAX_SEARCH} characters")
-    elif _has_control_chars(value):
+    elif has_control_chars(value):
         v.add(field, "must not contain control characters")
 
 
@@ -169,3 +169,6 @@ def check_page_size(v: Violations, field: str, page_size: int) -> int:
 def check_environment_name(name: str) -> None:
     if not ENVIRONMENT_NAME_PATTERN.fullmatch(name):
         raise InvalidArgumentError.single("name", "must match [a-z][a-z0-9-]{0,62}")
+
+
+_has_control_chars = has_control_chars  # the earlier private name

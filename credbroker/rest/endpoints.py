@@ -175,12 +175,13 @@ class HttpRoutes:
         *,
         credential: Credential,
         scope: Scope | None = None,
+        any_scope: bool = False,
         audit: Audit = Audit.NONE,
         decode: Callable[[HttpCall], HttpCall] = no_body,
         resources: ResourceIds = no_resources,
         created: CreatedId = no_created_id,
         name: str | None = None,
-        error_headers: Callable[[HttpCall], Mapping[str, str]] | None = None,
+        error_headers: Callable[[HttpCall], Awaitable[Mapping[str, str]]] | None = None,
     ) -> Route:
         """A route for ``method path``. The operation is named ``"METHOD /path/{param}"`` in
         metrics, logs and audit records (never the concrete URL: query strings carry tokens).
@@ -189,6 +190,7 @@ class HttpRoutes:
             name or f"{method} {path}",
             credential,
             scope=scope,
+            any_scope=any_scope,
             audit=audit,
             resources=resources,
             created=created,
@@ -211,10 +213,26 @@ class HttpRoutes:
             call = HttpCall(request, body)
             token, absent_reason = (None, "") if credential is Credential.NONE else extract(request)
             try:
-                reply: Reply = await run(op, token, call, call, invoke, absent_reason=absent_reason)
+                reply: Reply = await run(
+                    op,
+                    token,
+                    call,
+                    call,
+                    invoke,
+                    absent_reason=absent_reason,
+                    peer=request.client.host if request.client else "",
+                )
             except Refused as refused:
-                headers = dict(error_headers(call)) if error_headers is not None else None
+                headers = dict(await error_headers(call)) if error_headers is not None else None
                 return error_response(refused.failure, headers)
             return render(reply)
 
         return Route(path, endpoint, methods=[method], name=op.name)
+
+    @staticmethod
+    def unadmitted(
+        method: str, path: str, endpoint: Callable[[Request], Awaitable[Response]]
+    ) -> Route:
+        """A route outside admission, for what precedes it (CORS preflights): it must not
+        read secrets or change anything."""
+        return Route(path, endpoint, methods=[method], name=f"{method} {path}")

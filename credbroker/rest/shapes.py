@@ -59,6 +59,24 @@ def credentials_json(credentials: Credentials) -> dict[str, str]:
     return {"type": "BASIC", "username": credentials.username, "password": credentials.password}
 
 
+def end_user_json(connection: Connection) -> dict[str, Any] | None:
+    """The reference ``end_user`` (``{id, display_name, email, tags, organization}``) of a
+    connection made through a connect session; None otherwise."""
+    end_user = connection.end_user
+    if end_user is None:
+        return None
+    organization = connection.organization
+    return {
+        "id": end_user.id,
+        "display_name": end_user.display_name or None,
+        "email": end_user.email or None,
+        "tags": {},
+        "organization": {"id": organization.id, "display_name": organization.display_name or None}
+        if organization is not None
+        else None,
+    }
+
+
 def connection_full(fetched: FetchedConnection) -> dict[str, Any]:
     """``ApiPublicConnectionFull``. With a reveal: ``credentials``, the ``connection_config``
     values and ``credbroker.{base_url, headers, query_params}``; without: no ``credentials``
@@ -71,7 +89,7 @@ def connection_full(fetched: FetchedConnection) -> dict[str, Any]:
         "provider_config_key": connection.integration_id,
         "provider": fetched.provider,
         "errors": _errors(connection),
-        "end_user": None,
+        "end_user": end_user_json(connection),
         "tags": dict(connection.tags),
         "metadata": dict(connection.metadata),
         "connection_config": {},
@@ -102,7 +120,7 @@ def connection_item(connection: Connection, provider: str) -> dict[str, Any]:
         "metadata": dict(connection.metadata),
         "tags": dict(connection.tags),
         "errors": _errors(connection),
-        "end_user": None,
+        "end_user": end_user_json(connection),
     }
 
 

@@ -19,6 +19,8 @@ from credbroker.domain.models import (
     AuthMode,
     Connection,
     EncryptedConnectionSecrets,
+    EndUser,
+    Organization,
     VerificationRecord,
     VerificationState,
 )
@@ -28,8 +30,31 @@ from credbroker.storage.events import append_event
 
 _COLUMNS = """c.id, c.environment_id, c.integration_id, c.connection_id, c.auth_mode,
     c.connection_config_keys, c.metadata, c.tags, c.version, c.create_time, c.update_time,
-    c.verification_state, c.verify_time, c.verify_http_status, c.verify_failures,
+    c.verification_state, c.verify_time, c.verify_http_status, c.verify_failures, c.end_user,
+    c.organization,
     (SELECT f.last_fetch_time FROM connection_fetches f WHERE f.id = c.id) AS last_fetch_time"""
+
+
+def end_user_from_json(document: Any) -> EndUser | None:
+    if not document:
+        return None
+    return EndUser(document["id"], document.get("email", ""), document.get("display_name", ""))
+
+
+def end_user_to_json(end_user: EndUser | None) -> dict[str, str] | None:
+    if end_user is None:
+        return None
+    return {"id": end_user.id, "email": end_user.email, "display_name": end_user.display_name}
+
+
+def organization_from_json(document: Any) -> Organization | None:
+    return Organization(document["id"], document.get("display_name", "")) if document else None
+
+
+def organization_to_json(organization: Organization | None) -> dict[str, str] | None:
+    if organization is None:
+        return None
+    return {"id": organization.id, "display_name": organization.display_name}
 
 
 def _connection(row: asyncpg.Record) -> Connection:
@@ -53,6 +78,8 @@ def _connection(row: asyncpg.Record) -> Connection:
             row["verify_failures"],
         ),
         last_fetch_time=row["last_fetch_time"],
+        end_user=end_user_from_json(row["end_user"]),
+        organization=organization_from_json(row["organization"]),
     )
 
 
@@ -83,8 +110,9 @@ class PostgresConnectionRepository:
                     f"""INSERT INTO connections AS c (id, environment_id, integration_id,
                             connection_id, auth_mode, credentials_blob, config_blob,
                             connection_config_keys, metadata, tags, verification_state, verify_time,
-                            verify_http_status)
-                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                            verify_http_status, end_user, organization)
+                        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
+                                $15)
                         RETURNING {_COLUMNS}""",  # noqa: S608
                     connection.id,
                     connection.environment_id,
@@ -99,6 +127,8 @@ class PostgresConnectionRepository:
                     connection.verification.state.value,
                     connection.verification.verify_time,
                     connection.verification.http_status,
+                    end_user_to_json(connection.end_user),
+                    organization_to_json(connection.organization),
                 )
                 assert row is not None
                 created = _connection(row)

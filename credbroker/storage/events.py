@@ -83,14 +83,15 @@ async def append_event(
 
 
 def _end_user(changed: Connection) -> dict[str, str] | None:
-    end_user = getattr(changed, "end_user", None)  # set by connect sessions (issue 11)
+    end_user = changed.end_user  # set by connect sessions (issue 11)
     if end_user is None:
         return None
+    organization = changed.organization
     document = {
-        "id": getattr(end_user, "id", ""),
-        "email": getattr(end_user, "email", ""),
-        "display_name": getattr(end_user, "display_name", ""),
-        "organization_id": getattr(changed, "organization_id", "") or "",
+        "id": end_user.id,
+        "email": end_user.email,
+        "display_name": end_user.display_name,
+        "organization_id": organization.id if organization is not None else "",
     }
     return {k: v for k, v in document.items() if v}
 

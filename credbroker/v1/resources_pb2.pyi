@@ -529,6 +529,9 @@ class Connection(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     VERIFICATION_FIELD_NUMBER: _builtins.int
+    END_USER_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     integration_id: _builtins.str
     """Required. Immutable. The integration this connection belongs to; it must exist in the
     caller's environment (NOT_FOUND, reason `INTEGRATION_NOT_FOUND`, on create).
@@ -549,6 +552,12 @@ class Connection(_message.Message):
     nobody changed the connection meanwhile: ABORTED with reason `ETAG_MISMATCH` otherwise, and
     INVALID_ARGUMENT for a value the server did not issue. Ignored on create.
     """
+    organization_id: _builtins.str
+    """Output only. The end user's organization id, for connections made through a connect
+    session that named one; empty otherwise. Ignored on input.
+    """
+    organization_display_name: _builtins.str
+    """Output only. The organization's display name, when the session gave one. Ignored on input."""
     @_builtins.property
     def credentials(self) -> Global___Credentials:
         """Input only. Required on create. The credentials to store, of the integration's auth mode.
@@ -603,6 +612,13 @@ class Connection(_message.Message):
     def verification(self) -> Global___Verification:
         """Output only. The last check of the credentials against the provider. Ignored on input."""
 
+    @_builtins.property
+    def end_user(self) -> Global___EndUser:
+        """Output only. The end user who stored the credentials, for connections made through a
+        [ConnectSession][credbroker.v1.ConnectSession] (copied from the session); unset
+        otherwise. Not secret. Ignored on input.
+        """
+
     def __init__(
         self,
         *,
@@ -619,11 +635,49 @@ class Connection(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         verification: Global___Verification | None = ...,
+        end_user: Global___EndUser | None = ...,
+        organization_id: _builtins.str = ...,
+        organization_display_name: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "credentials", b"credentials", "metadata", b"metadata", "update_time", b"update_time", "verification", b"verification"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "credentials", b"credentials", "end_user", b"end_user", "metadata", b"metadata", "update_time", b"update_time", "verification", b"verification"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "connection_config", b"connection_config", "connection_config_keys", b"connection_config_keys", "connection_id", b"connection_id", "create_time", b"create_time", "credentials", b"credentials", "credentials_set", b"credentials_set", "etag", b"etag", "integration_id", b"integration_id", "metadata", b"metadata", "tags", b"tags", "update_time", b"update_time", "verification", b"verification"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_mode", b"auth_mode", "connection_config", b"connection_config", "connection_config_keys", b"connection_config_keys", "connection_id", b"connection_id", "create_time", b"create_time", "credentials", b"credentials", "credentials_set", b"credentials_set", "end_user", b"end_user", "etag", b"etag", "integration_id", b"integration_id", "metadata", b"metadata", "organization_display_name", b"organization_display_name", "organization_id", b"organization_id", "tags", b"tags", "update_time", b"update_time", "verification", b"verification"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Connection: _TypeAlias = Connection  # noqa: Y015
+
+@_typing.final
+class EndUser(_message.Message):
+    """An end user of the app, as the app's backend names them in a
+    [ConnectSession][credbroker.v1.ConnectSession]. Not secret: stored unencrypted, shown on the
+    hosted connect page and returned with the connections the end user makes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """Required. The app's id for the end user: 1-255 characters, no control characters."""
+    email: _builtins.str
+    """Optional. An email address (one `@`, no spaces, at most 254 characters)."""
+    display_name: _builtins.str
+    """Optional. A name to greet the end user with on the connect page: at most 255 characters, no
+    control characters. Shown as text, never as markup.
+    """
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "email", b"email", "id", b"id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EndUser: _TypeAlias = EndUser  # noqa: Y015

@@ -27,6 +27,7 @@ from credbroker.domain import secret_keys
 from credbroker.domain.models import Scope
 from credbroker.v1 import (
     audit_service_pb2,
+    connect_session_service_pb2,
     connection_service_pb2,
     integration_service_pb2,
     webhook_service_pb2,
@@ -60,6 +61,10 @@ EXPECTED_SCOPES: dict[str, Scope] = {
     "/credbroker.v1.WebhookService/RotateWebhookSecret": Scope("webhooks:write"),
     "/credbroker.v1.WebhookService/ListWebhookDeliveries": Scope("webhooks:read"),
     "/credbroker.v1.WebhookService/RedeliverWebhookEvent": Scope("webhooks:write"),
+    "/credbroker.v1.ConnectSessionService/CreateConnectSession": Scope("connect_sessions:write"),
+    "/credbroker.v1.ConnectSessionService/GetConnectSession": Scope("connect_sessions:write"),
+    "/credbroker.v1.ConnectSessionService/ListConnectSessions": Scope("connect_sessions:write"),
+    "/credbroker.v1.ConnectSessionService/DeleteConnectSession": Scope("connect_sessions:write"),
 }
 # Server-streaming methods: called with unary_stream, done once the first message arrives.
 STREAMING = frozenset({"/credbroker.v1.ConnectionService/WatchConnections"})
@@ -71,6 +76,7 @@ def _discover() -> list[MethodDescriptor]:
         connection_service_pb2.DESCRIPTOR.services_by_name["ConnectionService"],
         audit_service_pb2.DESCRIPTOR.services_by_name["AuditService"],
         webhook_service_pb2.DESCRIPTOR.services_by_name["WebhookService"],
+        connect_session_service_pb2.DESCRIPTOR.services_by_name["ConnectSessionService"],
     ]
     return [method for service in services for method in service.methods]
 
@@ -343,8 +349,9 @@ async def test_key_expiring_in_the_future_works(
 
 
 def _expected_code_past_auth(method: MethodDescriptor) -> grpc.StatusCode:
-    """An empty request that got past the interceptor: lists succeed, the rest need ids."""
-    passes = method.name.startswith(("List", "Watch"))
+    """An empty request that got past admission: lists and watches succeed, and so does
+    creating a connect session (every field is optional); the rest need ids."""
+    passes = method.name.startswith(("List", "Watch")) or method.name == "CreateConnectSession"
     return grpc.StatusCode.OK if passes else grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -20,7 +20,7 @@ def _name() -> str:
 def _with_secret(token: str, secret: str) -> str:
     """The same key id with another secret and a correct checksum."""
     body = token[: len(secret_keys.PREFIX) + secret_keys.KEY_ID_LENGTH + 1] + secret
-    return body + secret_keys._checksum(body)
+    return body + secret_keys.checksum(body)
 
 
 async def test_authenticate_good_key(keys: KeyService) -> None:

@@ -38,7 +38,7 @@ def served_routes(server: RunningServer) -> set[tuple[str, str]]:
 
 
 def described_routes() -> set[tuple[str, str]]:
-    methods = {"get", "post", "put", "patch", "delete"}
+    methods = {"get", "post", "put", "patch", "delete", "options"}
     return {
         (path, method)
         for path, item in openapi.document()["paths"].items()
@@ -85,13 +85,19 @@ class Recorder:
         body: Any = None,
         token: str | None = None,
         expect: int = 200,
+        extra_headers: dict[str, str] | None = None,
     ) -> Any:
         concrete = template.format(**(path or {}))
-        headers = {"Authorization": f"Bearer {token or self.token}"}
+        headers = {"Authorization": f"Bearer {token or self.token}", **(extra_headers or {})}
+        if method == "OPTIONS":  # a browser's preflight carries no credentials
+            del headers["Authorization"]
         response = await self.http.request(
             method, concrete, params=params, json=body, headers=headers
         )
         assert response.status_code == expect, response.text
+        if method == "OPTIONS" or response.status_code == 204:
+            self.seen.add((template, method.lower(), response.status_code))
+            return None
         request = MockRequest(
             SERVER,
             method,
@@ -200,6 +206,56 @@ async def test_answers_validate_against_the_document(
         expect=404,
     )
     await r.call("DELETE", "/integrations/{unique_key}", path={"unique_key": "ai"})
+    await _connect_sessions(r)
 
     exercised = {(path, method) for path, method, _ in r.seen}
     assert described_routes() - exercised == set(), "every described operation is exercised"
+
+
+async def _connect_sessions(r: Recorder) -> None:
+    """The connect-session routes: the backend's (secret key) and the browser's (token)."""
+    await r.call("POST", "/integrations", body={"unique_key": "cs", "provider": "openai"})
+    await r.call("POST", "/integrations", body={"unique_key": "cb", "provider": "twilio"})
+    origin = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "POST"}
+    body = {"end_user": {"id": "u1"}, "allowed_origins": ["https://app.example.com"]}
+    made = await r.call("POST", "/connect/sessions", body=body, expect=201)
+    token = made["data"]["token"]
+    await r.call("POST", "/connect/sessions", body={"ttl": 1}, expect=400)
+    await r.call("GET", "/connect/session", token=token)
+    await r.call("GET", "/connect/session", token="cbcs_x", expect=401)
+    for template, path in (
+        ("/connect/session", None),
+        ("/api-auth/api-key/{integration_id}", {"integration_id": "cs"}),
+        ("/api-auth/basic/{integration_id}", {"integration_id": "cb"}),
+    ):
+        await r.call(
+            "OPTIONS",
+            template,
+            path=path,
+            params={"connect_session_token": token},
+            extra_headers=origin,
+            expect=204,
+        )
+    key = {"integration_id": "cs"}
+    await r.call(
+        "POST", "/api-auth/api-key/{integration_id}", path=key, body={}, token=token, expect=400
+    )
+    connected = await r.call(
+        "POST", "/api-auth/api-key/{integration_id}", path=key, body={"apiKey": "k"}, token=token
+    )
+    await r.call(
+        "POST",
+        "/connect/sessions/reconnect",
+        body={"integration_id": "cs", "connection_id": connected["connectionId"]},
+        expect=201,
+    )
+    basic = await r.call("POST", "/connect/sessions", body={}, expect=201)
+    await r.call(
+        "POST",
+        "/api-auth/basic/{integration_id}",
+        path={"integration_id": "cb"},
+        body={"username": "u", "password": "p"},
+        token=basic["data"]["token"],
+    )
+    ended = await r.call("POST", "/connect/sessions", body={}, expect=201)
+    await r.call("DELETE", "/connect/session", token=ended["data"]["token"], expect=204)

@@ -32,6 +32,16 @@ def test_full_secret_key_is_masked_keeping_key_id() -> None:
         assert token[-6:] not in value  # checksum goes too
 
 
+def test_connect_session_tokens_are_masked_whole() -> None:
+    from credbroker.domain.connect_sessions import generate_token
+
+    token = generate_token()
+    out = _redact({"event": f"GET /connect/session?connect_session_token={token}&x=1"})
+    assert token[5:] not in out["event"]
+    out = _redact({"event": f"session {token}, then more", "detail": [f"({token})"]})
+    assert out == {"event": "session cbcs_<redacted>, then more", "detail": ["(cbcs_<redacted>)"]}
+
+
 def test_several_keys_in_one_value_are_all_masked() -> None:
     (a, pa), (b, pb) = generate_key(), generate_key()
     out = _redact({"event": f"{a},{b}"})
