@@ -120,13 +120,23 @@ async def test_python_watch_snippet_resumes_after_a_restart(
         return (await asyncio.wait_for(process.stdout.readline(), 15)).decode().strip()
 
     async def token_written() -> bool:
-        return (tmp_path / "last-resume-token").exists()
+        path = tmp_path / "last-resume-token"
+        return path.exists() and path.read_text() != ""
 
+    token_file = tmp_path / "last-resume-token"
     watcher = await start()
     try:
         assert await wait_until(token_written, within=15)
+        heartbeat_token = token_file.read_text()
         await account.create("watched-1")
         assert await next_line(watcher) == "connection.created openai-prod watched-1"
+
+        async def event_token_written() -> bool:
+            # The snippet saves the token after handling the event (at-least-once): stopping
+            # it before that would, correctly, show the event again on restart.
+            return token_file.read_text() not in ("", heartbeat_token)
+
+        assert await wait_until(event_token_written, within=15)
     finally:
         watcher.kill()
         await watcher.wait()
