@@ -12,7 +12,8 @@ of calls with h2load at a fixed concurrency (``--level``, default 64), and reads
 every server process, of PostgreSQL (the bench database's backends and the auxiliary
 processes) and of h2load from /proc before and after. Each method is measured ``--repeat`` times
 on one server; the report gives the median and the smallest of the repeats, in microseconds per
-call, and the ratio of each to the no-op's. The figures include the server's background work
+call, and the ratio of each to the no-op's. ``loop thread`` is the CPU time of the processes' main
+threads, which run the event loop: with one worker, its inverse bounds the throughput. The figures include the server's background work
 (audit group commit, caches), so they are what one call really costs.
 
 Wall-clock figures (req/s) are printed too, but only as a sanity check: on a shared machine they
@@ -103,8 +104,9 @@ def loop_threads(server: run.Server) -> dict[int, tuple[int, int]]:
     return times
 
 
-def loop_share(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]],
-               wall: float) -> tuple[float, float]:
+def loop_share(
+    before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], wall: float
+) -> tuple[float, float]:
     """The busiest event-loop thread's (share of the wall time on a CPU, share wanting one:
     on a CPU or runnable). A loop wanting the CPU nearly all the time is CPU-bound; much less
     means its calls wait on something (the database, a lock, a batch)."""
@@ -136,10 +138,13 @@ def measure(
         client = _h2load(bench.h2load, ["-n", str(calls), *argv])
         wall = time.perf_counter() - started
         cpu1, pg1 = run.cpu_seconds(server.tree()), run.cpu_seconds(pg)
-        loop_running, loop_wanting = loop_share(loop0, loop_threads(server), wall)
+        loop1 = loop_threads(server)
+        loop_running, loop_wanting = loop_share(loop0, loop1, wall)
+        loop_ns = sum(loop1[pid][0] - loop0.get(pid, (0, 0))[0] for pid in loop1)
         rows.append(
             {
                 "server_us": 1e6 * run.cpu_delta(cpu0, cpu1) / calls,
+                "loop_us": loop_ns / 1e3 / calls,
                 "pg_us": 1e6 * run.cpu_delta(pg0, pg1) / calls,
                 "client_us": 1e6 * client / calls,
                 "rps": calls / wall,
@@ -257,8 +262,10 @@ def main() -> int:
         finally:
             server.stop()
     noop = results.get("noop")
-    print(f"\nCPU per call, µs ({args.calls} calls x {args.repeat}, {args.level} in flight, "
-          f"{args.workers} worker(s)); median (min); x = vs no-op")
+    print(
+        f"\nCPU per call, µs ({args.calls} calls x {args.repeat}, {args.level} in flight, "
+        f"{args.workers} worker(s)); median (min); x = vs no-op"
+    )
     for method, figures in results.items():
         ratio = ""
         if noop and method != "noop":
@@ -267,8 +274,9 @@ def main() -> int:
     out = run.DATA / "cpu"
     out.mkdir(parents=True, exist_ok=True)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"{stamp}.json").write_text(json.dumps({"args": vars(args), "results": results},
-                                                  indent=2, default=str))
+    (out / f"{stamp}.json").write_text(
+        json.dumps({"args": vars(args), "results": results}, indent=2, default=str)
+    )
     return 0
 
 
@@ -277,7 +285,7 @@ def _line(figures: dict[str, Any]) -> str:
         return f"{figures[key]['median']:7.1f} ({figures[key]['min']:6.1f})"
 
     return (
-        f"server {cell('server_us')}  pg {cell('pg_us')}  h2load {cell('client_us')}  "
+        f"server {cell('server_us')}  loop thread {cell('loop_us')}  pg {cell('pg_us')}  h2load {cell('client_us')}  "
         f"loop on CPU {figures['loop_on_cpu']['median']:.0%}, wanting it "
         f"{figures['loop_wants_cpu']['median']:.0%}  [{figures['rps']['median']:,.0f} req/s, noise]"
     )

@@ -102,6 +102,13 @@ class Auditor:
         elif event_id is not None:
             await self._finish(event_id, "OK", created_id)
 
+    async def revealed(
+        self, request_id: str, principal: Principal, method: str, resources: tuple[str, str]
+    ) -> None:
+        """Records a successful reveal; raises UnavailableError if it cannot (the secret must
+        then not be released)."""
+        await self._append_or_refuse(AuditRecord(request_id, principal, method, *resources, "OK"))
+
     async def failed(
         self,
         audit: Audit,

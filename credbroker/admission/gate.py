@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import contextvars
 import enum
+import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,9 +30,11 @@ from credbroker.admission import errors
 from credbroker.admission.audit import Audit, Auditor, CreatedId, ResourceIds
 from credbroker.admission.audit import no_created_id as _no_created_id
 from credbroker.admission.audit import no_resources as _no_resources
-from credbroker.admission.limits import Limits, LimitSettings
+from credbroker.admission.deadlines import Deadlines
+from credbroker.admission.limits import FirstMessageTimeout, Limits, LimitSettings
 from credbroker.admission.ratelimit import current_peer
 from credbroker.domain.models import Principal, Scope
+from credbroker.logs import call_fields
 
 log = structlog.get_logger("credbroker.api")
 
@@ -39,6 +42,9 @@ _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("credbrok
 
 Authenticator = Callable[[str], Awaitable[Principal | None]]
 Handler = Callable[[Any, Any], Awaitable[Any]]
+# (request, context) -> the request message, once the caller is authenticated.
+Receive = Callable[[Any, Any], Awaitable[Any]]
+_NO_RESOURCES = ("", "")
 
 
 def current_principal() -> Principal:
@@ -114,6 +120,8 @@ class Admission:
         self._max_seconds = max_seconds
         self._passthrough = passthrough
         self.limits = limits or Limits(LimitSettings())
+        self._first_message = self.limits.settings.first_message_seconds
+        self._deadlines = Deadlines()
 
     @property
     def auditor(self) -> Auditor:
@@ -130,9 +138,10 @@ class Admission:
             reason = op.credential.refusal_reason if token is not None else absent_reason
             log.info("rpc rejected", code="UNAUTHENTICATED")
             raise errors.Refused(errors.unauthenticated(reason or "UNAUTHENTICATED"))
-        structlog.contextvars.bind_contextvars(
-            key_id=principal.key_id, environment=principal.environment_name
-        )
+        fields = call_fields.get(None)
+        if fields is not None:
+            fields["key_id"] = principal.key_id
+            fields["environment"] = principal.environment_name
         return principal
 
     @staticmethod
@@ -169,15 +178,16 @@ class Admission:
         *,
         remaining: float | None = None,
         absent_reason: str = "UNAUTHENTICATED",
-        receive: Callable[[Any], Awaitable[Any]] | None = None,
+        receive: Receive | None = None,
         peer: str = "",
     ) -> Any:
         """Admits the caller, runs ``handler(request, context)`` and returns its response, or
         raises Refused. ``remaining`` is the client's own deadline in seconds, if any.
 
         ``receive``, when given, turns ``request`` into the request message once the caller is
-        authenticated (a transport that has only the headers so far: a caller without a valid
-        key is refused before any message is read). ``peer`` (the client's address) limits calls
+        authenticated (``await receive(request, context)``; a transport that has only the headers
+        so far: a caller without a valid key is refused before any message is read), within
+        ``first_message_seconds`` of the limits. ``peer`` (the client's address) limits calls
         that need no credential per address; authenticated calls take a slot of
         ``max_concurrent_rpcs`` once their message arrived (:mod:`credbroker.admission.limits`).
         """
@@ -185,26 +195,42 @@ class Admission:
         current_peer.set(peer)
         principal: Principal | None = None
         event_id: int | None = None
-        resources = ("", "")
+        resources = _NO_RESOURCES
         started = time.perf_counter()
         code = "OK"
         deadline = self._max_seconds if remaining is None else min(remaining, self._max_seconds)
+        task: Any = asyncio.current_task()
+        deadlines = self._deadlines
+        receiving = receive is not None and self._first_message < deadline
+        slot = deadlines.arm(task, self._first_message if receiving else deadline)
+        limits = self.limits
+        held = expired = False
         try:
-            async with asyncio.timeout(deadline):
+            try:
                 if op.credential is Credential.NONE:
                     with self._unauthenticated(peer):
                         if receive is not None:
-                            request = await receive(request)
+                            request = await receive(request, context)
+                            if receiving:
+                                receiving = False
+                                deadlines.disarm(task, slot)
+                                slot = deadlines.arm(task, deadline - _since(started))
                         return await handler(op.decode(request), context)
                 principal = await self._authenticated(op, token, absent_reason)
                 if receive is not None:
-                    request = await receive(request)
+                    request = await receive(request, context)
+                    if receiving:
+                        receiving = False
+                        deadlines.disarm(task, slot)
+                        slot = deadlines.arm(task, deadline - _since(started))
                 self._authorize(op, principal)
                 request = op.decode(request)
-                with self.limits.admitted():
-                    if op.audit is Audit.NONE:
-                        return await handler(request, context)
-                    resources = op.resources(request)
+                limits.take_admitted()
+                held = True
+                if op.audit is Audit.NONE:
+                    return await handler(request, context)
+                resources = op.resources(request)
+                if op.audit is Audit.MUTATION:
                     event_id = await self._auditor.before(
                         op.audit, request_id, principal, op.name, resources
                     )
@@ -219,19 +245,47 @@ class Admission:
                         op.created(response),
                     )
                     return response
+                response = await handler(request, context)
+                await self._auditor.revealed(request_id, principal, op.name, resources)
+                return response
+            finally:
+                if held:
+                    limits.release_admitted()
+                expired = deadlines.disarm(task, slot)
+        except asyncio.CancelledError:
+            if not expired:
+                raise
+            task.uncancel()
+            timeout = FirstMessageTimeout() if receiving else TimeoutError()
+            failure = await self._refuse(timeout, op, request_id, principal, event_id, resources)
+            code = failure.code.label
+            raise errors.Refused(failure) from None
         except Exception as error:  # last-resort mapping (re-raises passthrough exceptions)
             if self._passthrough and isinstance(error, self._passthrough):
                 code = "HANDLER_ABORT"
                 raise
-            failure = errors.failure_for(error, request_id)
+            failure = await self._refuse(error, op, request_id, principal, event_id, resources)
             code = failure.code.label
-            if principal is not None and op.audit is not Audit.NONE:
-                await self._auditor.failed(
-                    op.audit, event_id, request_id, principal, op.name, resources, code
-                )
             raise errors.Refused(failure) from None
         finally:
             op._finished(code, time.perf_counter() - started)
+
+    async def _refuse(
+        self,
+        error: Exception,
+        op: Operation,
+        request_id: str,
+        principal: Principal | None,
+        event_id: int | None,
+        resources: tuple[str, str],
+    ) -> errors.Failure:
+        """The failure for ``error``, recorded (best effort) if the call is audited."""
+        failure = errors.failure_for(error, request_id)
+        if principal is not None and op.audit is not Audit.NONE:
+            await self._auditor.failed(
+                op.audit, event_id, request_id, principal, op.name, resources, failure.code.label
+            )
+        return failure
 
     def _unauthenticated(self, peer: str) -> contextlib.AbstractContextManager[None]:
         """The per-address cap on calls without a credential (none without an address)."""
@@ -239,8 +293,28 @@ class Admission:
 
 
 def start_request(name: str) -> str:
-    """A new request id, and a fresh log context naming it and the operation."""
-    request_id = os.urandom(8).hex()
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id, method=name)
+    """A new request id, and a fresh log context naming it and the operation (one context
+    variable holding this call's fields, merged into every log line by
+    :func:`credbroker.logs.merge_call_fields`)."""
+    request_id = f"{_request_prefix}{next(_request_numbers):08x}"
+    call_fields.set({"request_id": request_id, "method": name})
     return request_id
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started
+
+
+# Request ids: unique in a process (a counter) and across processes (a random prefix, drawn again
+# in a forked child); correlation ids, not secrets, so no system call per call.
+_request_prefix = os.urandom(4).hex()
+_request_numbers = itertools.count(1)
+
+
+def _new_request_prefix() -> None:
+    global _request_prefix, _request_numbers  # per-process state by design
+    _request_prefix = os.urandom(4).hex()
+    _request_numbers = itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_request_prefix)

@@ -109,16 +109,24 @@ class Limits:
     def admitted(self) -> Iterator[None]:
         """A slot of ``max_concurrent_rpcs`` for an authenticated call; RESOURCE_EXHAUSTED at
         once when all are taken (no queue to sit in)."""
+        self.take_admitted()
+        try:
+            yield
+        finally:
+            self.release_admitted()
+
+    def take_admitted(self) -> None:
+        """:meth:`admitted` without the context manager (the per-call path pairs it with
+        :meth:`release_admitted` in a ``finally``)."""
         if self._authenticated >= self.settings.max_concurrent_rpcs:
             raise ResourceExhaustedError(
                 "the server is serving its maximum of concurrent calls; retry with backoff",
                 reason="CONCURRENCY_LIMIT",
             )
         self._authenticated += 1
-        try:
-            yield
-        finally:
-            self._authenticated -= 1
+
+    def release_admitted(self) -> None:
+        self._authenticated -= 1
 
     def unauthenticated(self, peer: str) -> contextlib.AbstractContextManager[None]:
         return self._unauthenticated.hold(peer_address(peer), "unauthenticated calls")

@@ -82,6 +82,16 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
         yield _checked(request)
 
 
+async def _read_message(_requests: Any, context: Context) -> Any:
+    """The one message of a unary call served as request-streaming. ``context.read()`` rather
+    than the request iterator: grpc builds that as an async generator (and asyncio tracks every
+    one in a WeakSet), which costs more than the read itself. Admission bounds the wait."""
+    message = await context.read()
+    if message is grpc.aio.EOF:
+        raise InvalidArgumentError.single("request", "is missing (no message)")
+    return message
+
+
 class _Recorder:
     """Stands in for the server while a generated ``add_*_to_server`` runs, to learn its
     method handlers."""
@@ -148,7 +158,7 @@ class GrpcRegistry:
             return self._wrap_streaming(handler, op)
         behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
         run = self._admission.run
-        receive = None if handler.request_streaming else self._admission.limits.first_message
+        receive = None if handler.request_streaming else _read_message
 
         async def unary(request: Any, context: Context) -> Any:
             try:
