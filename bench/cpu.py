@@ -12,9 +12,10 @@ of calls with h2load at a fixed concurrency (``--level``, default 64), and reads
 every server process, of PostgreSQL (the bench database's backends and the auxiliary
 processes) and of h2load from /proc before and after. Each method is measured ``--repeat`` times
 on one server; the report gives the median and the smallest of the repeats, in microseconds per
-call, and the ratio of each to the no-op's. ``loop thread`` is the CPU time of the processes' main
-threads, which run the event loop: with one worker, its inverse bounds the throughput. The figures include the server's background work
-(audit group commit, caches), so they are what one call really costs.
+call, and the ratio of each to the no-op's. ``loop thread`` is the CPU time of the processes'
+main threads, which run the event loop: with one worker, its inverse bounds the throughput.
+The figures include the server's background work (audit group commit, caches), so they are
+what one call really costs.
 
 Wall-clock figures (req/s) are printed too, but only as a sanity check: on a shared machine they
 mean little. Results go to bench/data/cpu/<timestamp>.json.
@@ -104,6 +105,20 @@ def loop_threads(server: run.Server) -> dict[int, tuple[int, int]]:
     return times
 
 
+def context_switches(server: run.Server) -> int:
+    """Voluntary and involuntary context switches of every thread of the server so far."""
+    total = 0
+    for process in server.tree():
+        for task in Path(f"/proc/{process.pid}/task").glob("*"):
+            try:
+                for line in (task / "status").read_text().splitlines():
+                    if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                        total += int(line.split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 def loop_share(
     before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], wall: float
 ) -> tuple[float, float]:
@@ -134,17 +149,20 @@ def measure(
         tree, pg = server.tree(), run.postgres_processes(dataset.database)
         cpu0, pg0 = run.cpu_seconds(tree), run.cpu_seconds(pg)
         loop0 = loop_threads(server)
+        switches0 = context_switches(server)
         started = time.perf_counter()
         client = _h2load(bench.h2load, ["-n", str(calls), *argv])
         wall = time.perf_counter() - started
         cpu1, pg1 = run.cpu_seconds(server.tree()), run.cpu_seconds(pg)
         loop1 = loop_threads(server)
+        switches = context_switches(server) - switches0
         loop_running, loop_wanting = loop_share(loop0, loop1, wall)
         loop_ns = sum(loop1[pid][0] - loop0.get(pid, (0, 0))[0] for pid in loop1)
         rows.append(
             {
                 "server_us": 1e6 * run.cpu_delta(cpu0, cpu1) / calls,
                 "loop_us": loop_ns / 1e3 / calls,
+                "switches": switches / calls,
                 "pg_us": 1e6 * run.cpu_delta(pg0, pg1) / calls,
                 "client_us": 1e6 * client / calls,
                 "rps": calls / wall,
@@ -208,7 +226,7 @@ def perf_profile(
     text = []
     for sort in ("dso", "dso,sym"):
         report = subprocess.run(
-            ["perf", "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio"],
+            ["perf", "report",  # noqa: S607 - Debian's perf from PATH, like h2load "-i", str(data), "--no-children", "--sort", sort, "--stdio"],
             capture_output=True,
             text=True,
             check=False,
@@ -285,7 +303,9 @@ def _line(figures: dict[str, Any]) -> str:
         return f"{figures[key]['median']:7.1f} ({figures[key]['min']:6.1f})"
 
     return (
-        f"server {cell('server_us')}  loop thread {cell('loop_us')}  pg {cell('pg_us')}  h2load {cell('client_us')}  "
+        f"server {cell('server_us')}  loop thread {cell('loop_us')}  pg {cell('pg_us')}  "
+        f"h2load {cell('client_us')}  "
+        f"switches {figures['switches']['median']:.2f}/call  "
         f"loop on CPU {figures['loop_on_cpu']['median']:.0%}, wanting it "
         f"{figures['loop_wants_cpu']['median']:.0%}  [{figures['rps']['median']:,.0f} req/s, noise]"
     )

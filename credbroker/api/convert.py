@@ -137,13 +137,10 @@ def credentials_from_proto(message: resources_pb2.Credentials) -> models.Credent
     return None
 
 
-def credentials_to_proto(credentials: models.Credentials) -> resources_pb2.Credentials:
+def set_credentials(message: resources_pb2.Credentials, credentials: models.Credentials) -> None:
+    """Fills ``message`` in place (cheaper than building one and copying it)."""
     if isinstance(credentials, models.ApiKeyCredentials):
-        return resources_pb2.Credentials(
-            api_key=resources_pb2.ApiKeyCredentials(api_key=credentials.api_key)
-        )
-    return resources_pb2.Credentials(
-        basic=resources_pb2.BasicCredentials(
-            username=credentials.username, password=credentials.password
-        )
-    )
+        message.api_key.api_key = credentials.api_key
+    else:
+        message.basic.username = credentials.username
+        message.basic.password = credentials.password

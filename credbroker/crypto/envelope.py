@@ -20,6 +20,7 @@ row fails to decrypt.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -78,7 +79,20 @@ def encryption_context(purpose: str, *parts: bytes | str) -> bytes:
     Raises:
         ValueError: A part is longer than 65535 bytes once encoded.
     """
-    return b"".join(_length_prefixed(part) for part in (_CONTEXT_DOMAIN, purpose, *parts))
+    encoded = [_purpose_prefix(purpose)]
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        if len(data) > _MAX_CONTEXT_PART:
+            raise ValueError(f"encryption context part is {len(data)} bytes; the limit is 65535")
+        encoded.append(len(data).to_bytes(2, "big"))
+        encoded.append(data)
+    return b"".join(encoded)
+
+
+@functools.lru_cache(maxsize=64)
+def _purpose_prefix(purpose: str) -> bytes:
+    """``lp(domain) ‖ lp(purpose)``: the same few purposes on every call, so encoded once."""
+    return _length_prefixed(_CONTEXT_DOMAIN) + _length_prefixed(purpose)
 
 
 def _length_prefixed(part: bytes | str) -> bytes:

@@ -55,6 +55,8 @@ from credbroker.domain.ports import (
 )
 from credbroker.domain.providers import Provider, ProviderCatalog
 from credbroker.domain.validation import (
+    CONNECTION_ID_PATTERN,
+    INTEGRATION_ID_PATTERN,
     Violations,
     check_connection_config,
     check_connection_id,
@@ -122,7 +124,7 @@ def _serialize_credentials(credentials: Credentials) -> bytes:
 
 
 def _deserialize_credentials(auth_mode: AuthMode, plaintext: bytes) -> Credentials:
-    document = json.loads(plaintext)
+    document = json.loads(plaintext.decode("utf-8"))  # str: skips json's encoding detection
     if auth_mode is AuthMode.API_KEY:
         return ApiKeyCredentials(document["api_key"])
     return BasicCredentials(document["username"], document["password"])
@@ -173,7 +175,7 @@ class ConnectionService:
         )
         try:
             credentials = _deserialize_credentials(connection.auth_mode, credentials_plain)
-            config = json.loads(config_plain)
+            config = {} if config_plain == b"{}" else json.loads(config_plain.decode("utf-8"))
         except (ValueError, KeyError, TypeError):
             raise DataIntegrityError("stored credentials are unreadable") from None
         return credentials, config
@@ -624,6 +626,10 @@ def _serialize_config(config: Mapping[str, str]) -> bytes:
 
 
 def _check_ids(integration_id: str, connection_id: str) -> None:
+    if INTEGRATION_ID_PATTERN.fullmatch(integration_id) and CONNECTION_ID_PATTERN.fullmatch(
+        connection_id
+    ):
+        return  # the common case (the patterns bound the lengths too), without a Violations
     v = Violations()
     check_integration_id(v, "integration_id", integration_id)
     check_connection_id(v, "connection_id", connection_id)

@@ -4,6 +4,7 @@ to a provider, computed from the catalog entry, the integration's and the connec
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -50,14 +51,27 @@ def check_config(
             v.add(f"{field_path}[{config_field.name}]", "does not match the provider's pattern")
 
 
-def _render(template: str, variables: Mapping[tuple[str, str], str]) -> str:
-    def substitute(match: object) -> str:
-        key = (match.group(1), match.group(2))  # type: ignore[attr-defined]
-        if key not in variables:
-            raise _Missing(key)
-        return variables[key]
+@functools.lru_cache(maxsize=1024)
+def _compiled(template: str) -> tuple[str, tuple[tuple[tuple[str, str], str], ...]]:
+    """A template split once: its leading text, then (placeholder, text after it) pairs."""
+    pieces = PLACEHOLDER.split(template)  # text, kind, name, text, kind, name, text ...
+    return pieces[0], tuple(
+        ((pieces[i], pieces[i + 1]), pieces[i + 2]) for i in range(1, len(pieces), 3)
+    )
 
-    return PLACEHOLDER.sub(substitute, template)
+
+def _render(template: str, variables: Mapping[tuple[str, str], str]) -> str:
+    head, rest = _compiled(template)
+    if not rest:
+        return head
+    out = [head]
+    for key, text in rest:
+        value = variables.get(key)
+        if value is None:
+            raise _Missing(key)
+        out.append(value)
+        out.append(text)
+    return "".join(out)
 
 
 def resolve_auth(

@@ -10,6 +10,8 @@ from credbroker.domain.models import ALL_SCOPES, Environment, Principal, Scope, 
 from credbroker.domain.ports import EnvironmentRepository, SecretKeyRepository
 from credbroker.domain.validation import check_environment_name
 
+_MAX_PRINCIPALS = 10_000
+
 
 def parse_scopes(text: str) -> frozenset[Scope]:
     """Parses ``a,b,c`` scope lists; raises ValueError naming the unknown scope."""
@@ -31,6 +33,9 @@ class KeyService:
         self._keys = keys
         # key id -> last successful authentication, flushed in batches by flush_last_used().
         self._last_used: dict[str, datetime] = {}
+        # key id -> (the record a Principal was built from, that Principal): built once per
+        # record rather than per call (a cached record is the same object until it changes).
+        self._principals: dict[str, tuple[SecretKeyRecord, Principal]] = {}
 
     async def create_environment(self, name: str) -> Environment:
         check_environment_name(name)
@@ -129,6 +134,13 @@ class KeyService:
         if not record.is_active(now):
             return None
         self._last_used[record.key_id] = now
-        return Principal(
+        known = self._principals.get(record.key_id)
+        if known is not None and known[0] is record:
+            return known[1]
+        principal = Principal(
             record.key_id, record.environment_id, record.environment_name, record.scopes
         )
+        if len(self._principals) >= _MAX_PRINCIPALS:
+            self._principals.clear()
+        self._principals[record.key_id] = (record, principal)
+        return principal

@@ -10,12 +10,11 @@ announcement listener is down, the caches are bypassed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
-
-from cachetools import TTLCache
 
 from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.models import (
@@ -55,7 +54,12 @@ class CoherentCache(Generic[K, V]):
 
     def __init__(self, listener: ChangeListener, *, ttl: float, size: int) -> None:
         self._listener = listener
-        self._entries: TTLCache[K, V] = TTLCache(maxsize=size, ttl=ttl)
+        # key -> (value, monotonic expiry). A plain dict: a lookup is one dict get and one
+        # comparison (cachetools' TTLCache costs a few µs a lookup, on every call). When full,
+        # the oldest insertion goes (dicts keep insertion order).
+        self._entries: dict[K, tuple[V, float]] = {}
+        self._ttl = ttl
+        self._size = size
         self._invalidations = 0
         self.stats = CacheStats()
 
@@ -84,16 +88,25 @@ class CoherentCache(Generic[K, V]):
         listener is down, since announcements may be missed then."""
         if not self._listener.healthy:
             return await load()
-        cached = self._entries.get(key)
-        if cached is not None:
-            self.stats.hits += 1
-            return cached
+        entry = self._entries.get(key)
+        if entry is not None:
+            if entry[1] > time.monotonic():
+                self.stats.hits += 1
+                return entry[0]
+            del self._entries[key]
         self.stats.misses += 1
         before = self._invalidations
         value = await load()
         if value is not None and before == self._invalidations:
-            self._entries[key] = value
+            self._store(key, value)
         return value
+
+    def _store(self, key: K, value: V) -> None:
+        entries = self._entries
+        entries.pop(key, None)
+        while len(entries) >= self._size:
+            del entries[next(iter(entries))]
+        entries[key] = (value, time.monotonic() + self._ttl)
 
 
 class CachingSecretKeyRepository:
