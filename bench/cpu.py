@@ -30,6 +30,7 @@ import asyncio
 import datetime as dt
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,8 @@ from typing import Any
 import psutil
 import run
 import seed
+
+PERF = shutil.which("perf") or "/usr/bin/perf"  # Debian's linux-perf
 
 
 def _args() -> argparse.Namespace:
@@ -215,7 +218,7 @@ def perf_profile(
     self time by shared object and by symbol, written to bench/data/cpu/<method>-perf.txt."""
     data = bench.tmp / "perf.data"
     pids = ",".join(str(p.pid) for p in server.tree())
-    command = ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-o", str(data), "-p", pids]
+    command = [PERF, "record", "-e", "cpu-clock", "-F", "1999", "-o", str(data), "-p", pids]
     spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
     _h2load(bench.h2load, ["-n", str(args.calls), *argv])
@@ -226,7 +229,7 @@ def perf_profile(
     text = []
     for sort in ("dso", "dso,sym"):
         report = subprocess.run(
-            ["perf", "report",  # noqa: S607 - Debian's perf from PATH, like h2load "-i", str(data), "--no-children", "--sort", sort, "--stdio"],
+            [PERF, "report", "-i", str(data), "--no-children", "--sort", sort, "--stdio"],
             capture_output=True,
             text=True,
             check=False,
