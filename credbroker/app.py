@@ -387,7 +387,9 @@ async def start_server(
         ),
     )
     audit_log = GroupCommitAuditLog(
-        PostgresAuditLog(backend.db), on_batch=metrics.AUDIT_BATCH.observe
+        PostgresAuditLog(backend.db),
+        max_in_flight=settings.audit_batches_in_flight,
+        on_batch=metrics.AUDIT_BATCH.observe,
     )
     limits = Limits(limit_settings(settings))
     sessions = ConnectSessionService(

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="seconds a cached key or connection ciphertext may live; 0 turns caches off",
     )
     cache_size: int = Field(10000, ge=1, description="entries per cache")
+    audit_batches_in_flight: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="audit batches written at once (group commit); more lowers the wait for a "
+        "commit under light load, at the cost of smaller batches (more statements) under load",
+    )
     tls_cert: Path | None = Field(None, description="PEM certificate chain: serve TLS")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
     tls_client_ca: Path | None = Field(

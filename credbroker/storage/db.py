@@ -94,18 +94,54 @@ class Database:
         async with self.connection() as connection, connection.transaction():
             yield connection
 
+    async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
+        """A pool connection. With one idle, asyncpg's acquire returns at once and its timeout
+        would only cost a task per query (``wait_for``), so it is skipped; otherwise bounded."""
+        pool = self.pool
+        if pool.get_idle_size():
+            return await pool.acquire()
+        return await pool.acquire(timeout=self._acquire_timeout)
+
+    # One statement on a pooled connection, without the context managers' per-call cost;
+    # connectivity failures of acquiring or running it become UnavailableError, like
+    # connection().
+
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.connection() as connection:
-            return await connection.fetch(query, *args)
+        try:
+            connection = await self._acquire()
+            try:
+                return await connection.fetch(query, *args)
+            finally:
+                await self.pool.release(connection)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database unavailable") from exc
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        async with self.connection() as connection:
-            return await connection.fetchrow(query, *args)
+        try:
+            connection = await self._acquire()
+            try:
+                return await connection.fetchrow(query, *args)
+            finally:
+                await self.pool.release(connection)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database unavailable") from exc
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        async with self.connection() as connection:
-            return await connection.fetchval(query, *args)
+        try:
+            connection = await self._acquire()
+            try:
+                return await connection.fetchval(query, *args)
+            finally:
+                await self.pool.release(connection)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database unavailable") from exc
 
     async def execute(self, query: str, *args: Any) -> str:
-        async with self.connection() as connection:
-            return await connection.execute(query, *args)
+        try:
+            connection = await self._acquire()
+            try:
+                return await connection.execute(query, *args)
+            finally:
+                await self.pool.release(connection)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database unavailable") from exc
