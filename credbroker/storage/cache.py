@@ -16,6 +16,8 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 from uuid import UUID
 
+from cachetools import TTLCache
+
 from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.models import (
     Connection,
@@ -68,7 +70,9 @@ class CoherentCache(Generic[K, V]):
         return self._invalidations
 
     def cached(self, key: K) -> V | None:
-        return self._entries.get(key)
+        """The live cached value, if any (no load, no counting)."""
+        entry = self._entries.get(key)
+        return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
     def clear(self) -> None:
         self._invalidations += 1

@@ -102,46 +102,30 @@ class Database:
             return await pool.acquire()
         return await pool.acquire(timeout=self._acquire_timeout)
 
-    # One statement on a pooled connection, without the context managers' per-call cost;
-    # connectivity failures of acquiring or running it become UnavailableError, like
-    # connection().
+    # One statement on a pooled connection, without the context managers' per-call cost, and
+    # with the same failure handling as connection().
+
+    async def _statement(self, kind: str, query: str, args: tuple[Any, ...]) -> Any:
+        try:
+            connection = await self._acquire()
+            try:
+                return await getattr(connection, kind)(query, *args)
+            except asyncpg.exceptions.InternalClientError as exc:
+                connection.terminate()  # broken protocol state: drop it from the pool
+                raise UnavailableError("database connection in a bad state") from exc
+            finally:
+                await self.pool.release(connection)
+        except _UNAVAILABLE as exc:
+            raise UnavailableError("database unavailable") from exc
 
     async def fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        try:
-            connection = await self._acquire()
-            try:
-                return await connection.fetch(query, *args)
-            finally:
-                await self.pool.release(connection)
-        except _UNAVAILABLE as exc:
-            raise UnavailableError("database unavailable") from exc
+        return cast(list[asyncpg.Record], await self._statement("fetch", query, args))
 
     async def fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
-        try:
-            connection = await self._acquire()
-            try:
-                return await connection.fetchrow(query, *args)
-            finally:
-                await self.pool.release(connection)
-        except _UNAVAILABLE as exc:
-            raise UnavailableError("database unavailable") from exc
+        return cast(asyncpg.Record | None, await self._statement("fetchrow", query, args))
 
     async def fetchval(self, query: str, *args: Any) -> Any:
-        try:
-            connection = await self._acquire()
-            try:
-                return await connection.fetchval(query, *args)
-            finally:
-                await self.pool.release(connection)
-        except _UNAVAILABLE as exc:
-            raise UnavailableError("database unavailable") from exc
+        return await self._statement("fetchval", query, args)
 
     async def execute(self, query: str, *args: Any) -> str:
-        try:
-            connection = await self._acquire()
-            try:
-                return await connection.execute(query, *args)
-            finally:
-                await self.pool.release(connection)
-        except _UNAVAILABLE as exc:
-            raise UnavailableError("database unavailable") from exc
+        return cast(str, await self._statement("execute", query, args))
