@@ -299,10 +299,13 @@ class ConnectionService:
         integration_ids: Sequence[str] = (),
         connection_id: str = "",
         search: str = "",
+        end_user_id: str = "",
+        organization_id: str = "",
     ) -> Page[Connection]:
         """One page in (integration id, connection id) order. Filters combine with AND:
         ``integration_id`` or any of ``integration_ids``, the exact ``connection_id``, a
-        case-insensitive ``search`` within connection ids, and every tag."""
+        case-insensitive ``search`` within connection ids and end users' ids, emails and
+        display names, the exact ``end_user_id`` and ``organization_id``, and every tag."""
         v = Violations()
         if integration_id:
             check_integration_id(v, "integration_id", integration_id)
@@ -311,6 +314,8 @@ class ConnectionService:
         if connection_id:
             check_connection_id(v, "connection_id", connection_id)
         check_search(v, "search", search)
+        check_search(v, "end_user_id", end_user_id)
+        check_search(v, "organization_id", organization_id)
         check_tags(v, "tags", tags)
         limit = check_page_size(v, "page_size", page_size)
         v.raise_if_any()
@@ -324,6 +329,8 @@ class ConnectionService:
             integration_ids=tuple(integration_ids),
             connection_id=connection_id or None,
             search=search or None,
+            end_user_id=end_user_id or None,
+            organization_id=organization_id or None,
         )
         items = rows[:limit]
         more = len(rows) > limit

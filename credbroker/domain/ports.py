@@ -146,10 +146,13 @@ class ConnectionRepository(Protocol):
         integration_ids: Sequence[str] = (),
         connection_id: str | None = None,
         search: str | None = None,
+        end_user_id: str | None = None,
+        organization_id: str | None = None,
     ) -> list[Connection]:
         """Sorted by (integration id, connection id), after ``after``. ``integration_ids``
         (any of) narrows like ``integration_id``; ``connection_id`` is exact; ``search`` is a
-        case-insensitive substring of the connection id."""
+        case-insensitive substring of the connection id or of the end user's id, email or
+        display name; ``end_user_id`` and ``organization_id`` are exact."""
         ...
 
     async def update_metadata(

@@ -175,9 +175,6 @@ class ConnectionRoutes:
         values = query(call, LIST_QUERY, tags=True)
         if values.get("page", "0") != "0":
             raise invalid_query("page", "offset pages are not supported; pass cursor=next_cursor")
-        for name in ("endUserId", "endUserOrganizationId"):
-            if name in values:
-                raise invalid_query(name, "filtering by end user is not supported yet")
         integration_ids = [i for i in values.get("integrationId", "").split(",") if i]
         tags = tag_filter(values)
         filters = {
@@ -185,6 +182,8 @@ class ConnectionRoutes:
             "integration_ids": integration_ids,
             "connection_id": values.get("connectionId", ""),
             "search": values.get("search", ""),
+            "end_user_id": values.get("endUserId", ""),
+            "organization_id": values.get("endUserOrganizationId", ""),
             "tags": tags,
         }
         cursor = None
@@ -195,7 +194,12 @@ class ConnectionRoutes:
                 raise invalid_query("cursor", "is not a next_cursor of this listing") from None
         principal = current_principal()
         with reference_fields(
-            (("integration_ids", "integrationId"), ("connection_id", "connectionId"))
+            (
+                ("integration_ids", "integrationId"),
+                ("connection_id", "connectionId"),
+                ("end_user_id", "endUserId"),
+                ("organization_id", "endUserOrganizationId"),
+            )
         ):
             page = await self._connections.list(
                 principal,
@@ -206,6 +210,8 @@ class ConnectionRoutes:
                 integration_ids=integration_ids,
                 connection_id=values.get("connectionId", ""),
                 search=values.get("search", ""),
+                end_user_id=values.get("endUserId", ""),
+                organization_id=values.get("endUserOrganizationId", ""),
             )
         providers = await self._providers(principal, {c.integration_id for c in page.items})
         return Reply(

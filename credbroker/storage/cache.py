@@ -263,6 +263,8 @@ class CachingConnectionRepository:
         integration_ids: Sequence[str] = (),
         connection_id: str | None = None,
         search: str | None = None,
+        end_user_id: str | None = None,
+        organization_id: str | None = None,
     ) -> list[Connection]:
         return await self._inner.list(
             environment_id,
@@ -274,6 +276,8 @@ class CachingConnectionRepository:
             integration_ids=integration_ids,
             connection_id=connection_id,
             search=search,
+            end_user_id=end_user_id,
+            organization_id=organization_id,
         )
 
     async def update_metadata(

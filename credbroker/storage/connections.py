@@ -218,6 +218,8 @@ class PostgresConnectionRepository:
         integration_ids: Sequence[str] = (),
         connection_id: str | None = None,
         search: str | None = None,
+        end_user_id: str | None = None,
+        organization_id: str | None = None,
     ) -> list[Connection]:
         after_integration, after_connection = after if after else (None, None)
         rows = await self._db.fetch(
@@ -229,7 +231,12 @@ class PostgresConnectionRepository:
                   AND ($7::text IS NULL OR verification_state = $7)
                   AND ($8::text[] IS NULL OR integration_id = ANY($8::text[]))
                   AND ($9::text IS NULL OR connection_id = $9)
-                  AND ($10::text IS NULL OR connection_id ILIKE $10 ESCAPE '\\')
+                  AND ($10::text IS NULL OR connection_id ILIKE $10 ESCAPE '\\'
+                       OR end_user->>'id' ILIKE $10 ESCAPE '\\'
+                       OR end_user->>'email' ILIKE $10 ESCAPE '\\'
+                       OR end_user->>'display_name' ILIKE $10 ESCAPE '\\')
+                  AND ($11::text IS NULL OR end_user->>'id' = $11)
+                  AND ($12::text IS NULL OR organization->>'id' = $12)
                 ORDER BY integration_id, connection_id
                 LIMIT $6""",  # noqa: S608
             environment_id,
@@ -242,6 +249,8 @@ class PostgresConnectionRepository:
             list(integration_ids) if integration_ids else None,
             connection_id,
             _contains_pattern(search) if search else None,
+            end_user_id,
+            organization_id,
         )
         return [_connection(r) for r in rows]
 

@@ -390,3 +390,55 @@ async def test_unknown_names_are_not_echoed(http: httpx.AsyncClient, tenant: Any
     for response in responses:
         assert response.status_code == 400, response.text
         assert SECRET not in response.text
+
+
+async def _connect(http: httpx.AsyncClient, tenant: Any, end_user: dict[str, str], org: str) -> str:
+    """A connection made through a connect session (the only way an end user is stored)."""
+    made = await http.post(
+        "/connect/sessions",
+        json={"end_user": end_user, "organization": {"id": org}},
+        headers=bearer(tenant.key),
+    )
+    assert made.status_code == 201, made.text
+    token = made.json()["data"]["token"]
+    connected = await http.post(
+        "/api-auth/api-key/openai", json={"apiKey": SECRET}, headers=bearer(token)
+    )
+    assert connected.status_code == 200, connected.text
+    return str(connected.json()["connectionId"])
+
+
+async def test_end_user_is_shown_and_filters_and_search_reach_it(
+    http: httpx.AsyncClient, tenant: Any
+) -> None:
+    await seed(http, tenant, "plain")
+    ada = await _connect(
+        http, tenant, {"id": "eu-ada", "email": "ada@example.com", "display_name": "Ada L"}, "org-1"
+    )
+    bob = await _connect(http, tenant, {"id": "eu-bob", "email": "bob@example.com"}, "org-2")
+    headers = bearer(tenant.key)
+
+    async def ids(**params: str) -> list[str]:
+        response = await http.get("/connections", params=params, headers=headers)
+        assert response.status_code == 200, response.text
+        return [c["connection_id"] for c in response.json()["connections"]]
+
+    assert await ids(endUserId="eu-ada") == [ada]
+    assert await ids(endUserOrganizationId="org-2") == [bob]
+    assert await ids(search="ADA@example") == [ada]
+    assert sorted(await ids(search="example.com")) == sorted([ada, bob])
+    assert await ids(endUserId="eu-ada", endUserOrganizationId="org-2") == []
+    got = await http.get(
+        f"/connections/{ada}", params={"provider_config_key": "openai"}, headers=headers
+    )
+    assert got.json()["end_user"] == {
+        "id": "eu-ada",
+        "display_name": "Ada L",
+        "email": "ada@example.com",
+        "tags": {},
+        "organization": {"id": "org-1", "display_name": None},
+    }
+    plain = await http.get(
+        "/connections/plain", params={"provider_config_key": "openai"}, headers=headers
+    )
+    assert plain.json()["end_user"] is None

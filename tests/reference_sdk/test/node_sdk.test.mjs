@@ -193,3 +193,35 @@ test('a wrong secret key is refused with unknown_account and nothing echoed', as
     assert.equal(refused.body.error.code, 'unknown_account');
     assert.equal(JSON.stringify(refused.body).includes(wrongKey), false);
 });
+
+test('an end user connected through a connect session: createConnectSession, listConnections({ userId })', async () => {
+    const session = await nango.createConnectSession({
+        end_user: { id: 'eu-7', email: 'grace@example.com', display_name: 'Grace' },
+        organization: { id: 'org-7', display_name: 'Navy' },
+        allowed_integrations: ['openai-prod']
+    });
+    assert.match(session.data.token, /^cbcs_/);
+    // What the browser sends (the frontend SDK's POST), made here with the backend SDK's own client.
+    const connected = await nango.http.post(
+        `${host}/api-auth/api-key/openai-prod?connect_session_token=${session.data.token}`,
+        { apiKey: API_KEY },
+        { headers: { 'Content-Type': 'application/json' } }
+    );
+    const connectionId = connected.data.connectionId;
+
+    const byUser = await nango.listConnections({ userId: 'eu-7' });
+    assert.deepEqual(byUser.connections.map((c) => c.connection_id), [connectionId]);
+    assert.equal(byUser.connections[0].end_user.email, 'grace@example.com');
+    const byOrg = await nango.listConnections(undefined, undefined, { endUserOrganizationId: 'org-7' });
+    assert.deepEqual(byOrg.connections.map((c) => c.connection_id), [connectionId]);
+
+    const connection = await nango.getConnection('openai-prod', connectionId);
+    assert.deepEqual(connection.end_user, {
+        id: 'eu-7',
+        display_name: 'Grace',
+        email: 'grace@example.com',
+        tags: {},
+        organization: { id: 'org-7', display_name: 'Navy' }
+    });
+    assert.deepEqual(connection.credentials, { type: 'API_KEY', apiKey: API_KEY });
+});

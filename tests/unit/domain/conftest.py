@@ -275,6 +275,8 @@ class FakeConnectionRepository:
         integration_ids: Sequence[str] = (),
         connection_id: str | None = None,
         search: str | None = None,
+        end_user_id: str | None = None,
+        organization_id: str | None = None,
     ) -> list[Connection]:
         rows = sorted(
             (
@@ -284,7 +286,14 @@ class FakeConnectionRepository:
                 and (integration_id is None or c.integration_id == integration_id)
                 and (not integration_ids or c.integration_id in integration_ids)
                 and (connection_id is None or c.connection_id == connection_id)
-                and (search is None or search.lower() in c.connection_id.lower())
+                and (search is None or _searched(search, c))
+                and (
+                    end_user_id is None or (c.end_user is not None and c.end_user.id == end_user_id)
+                )
+                and (
+                    organization_id is None
+                    or (c.organization is not None and c.organization.id == organization_id)
+                )
                 and all(c.tags.get(k) == v for k, v in tags.items())
                 and (verification_state is None or c.verification.state is verification_state)
             ),
@@ -372,6 +381,14 @@ class FakeConnectionRepository:
             return False
         del self.rows[found[0].id]
         return True
+
+
+def _searched(search: str, connection: Connection) -> bool:
+    end_user = connection.end_user
+    texts = [connection.connection_id]
+    if end_user is not None:
+        texts += [end_user.id, end_user.email, end_user.display_name]
+    return any(search.lower() in text.lower() for text in texts)
 
 
 class FakeProbe:
