@@ -10,6 +10,7 @@ from credbroker.admission.gate import (
     Credential,
     Operation,
     current_principal,
+    current_request_id,
     start_request,
 )
 
@@ -24,6 +25,7 @@ __all__ = [
     "Operation",
     "Refused",
     "current_principal",
+    "current_request_id",
     "failure_for",
     "no_created_id",
     "no_resources",

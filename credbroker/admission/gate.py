@@ -47,6 +47,12 @@ Receive = Callable[[Any, Any], Awaitable[Any]]
 _NO_RESOURCES = ("", "")
 
 
+def current_request_id() -> str:
+    """The id of the current call (set by :func:`start_request`); '' outside a call."""
+    fields = call_fields.get(None)
+    return str(fields.get("request_id", "")) if fields else ""
+
+
 def current_principal() -> Principal:
     """The caller of the current call (set by :meth:`Admission.run` before the handler runs)."""
     return _principal.get()

@@ -12,10 +12,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import structlog
 from starlette.routing import Route
 
-from credbroker.admission import Audit, Auditor, Credential, current_principal
+from credbroker.admission import (
+    Audit,
+    Auditor,
+    Credential,
+    current_principal,
+    current_request_id,
+)
 from credbroker.admission.errors import code_for
 from credbroker.api.paging import decode_page_token, encode_page_token
 from credbroker.domain.audit import AuditRecord
@@ -103,8 +108,8 @@ def _created_id(reply: Reply) -> str:
 
 
 def _request_id() -> str:
-    """The id admission gave this call (bound in the log context by ``start_request``)."""
-    return str(structlog.contextvars.get_contextvars().get("request_id", ""))
+    """The id admission gave this call."""
+    return current_request_id()
 
 
 def _limit(values: dict[str, str]) -> int:

@@ -73,6 +73,8 @@ async def test_get_with_credentials_read_reveals_and_is_audited(
     )
     methods = [(e.method, e.outcome) for e in listed.audit_events]
     assert ("GET /connections/{connection_id}", "OK") in methods
+    # Every record names the call it came from (the id admission gave it).
+    assert all(len(e.request_id) >= 16 for e in listed.audit_events)
 
 
 async def test_get_without_credentials_read_has_no_credentials_field(
