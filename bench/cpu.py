@@ -53,7 +53,11 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--level", type=int, default=64, help="calls in flight")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rows", type=int, default=1000)
-    parser.add_argument("--http", action="store_true", help="also the HTTP routes (h2load --h1)")
+    parser.add_argument(
+        "--http",
+        action="store_true",
+        help="also the HTTP no-op and GET /connections/{id} (h2load --h1, --level connections)",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -78,6 +82,8 @@ def _args() -> argparse.Namespace:
     args.quiet_wait = 0.0
     args.quiet_budget = 0.0
     args.methods = args.methods.split(",")
+    if args.http:
+        args.methods += [m for m in (run.HTTP_NOOP, run.HTTP_GET) if m not in args.methods]
     return args
 
 
@@ -265,15 +271,20 @@ def main() -> int:
         methods.remove(real[0])
         methods.insert(0, real[0])
     for method in methods:
-        group = run.Group(
-            dataset, "noop" if method == "noop" else "credbroker", method, args.workers, []
-        )
+        kind = method if method in ("noop", run.HTTP_NOOP) else "credbroker"
+        group = run.Group(dataset, kind, method, args.workers, [])
         server, port, _ = bench.start(group)
         try:
-            token = None if method == "noop" else bench.token(dataset)
+            token = None if kind != "credbroker" else bench.token(dataset)
             call = run.build_call(method, "first page" if method == "ListConnections" else "", 0)
             call = run.build_call(call.name, call.variant, dataset.rows)
-            argv = grpc_argv(call, token, args.level, port, bench.tmp / "body.bin")
+            if call.http:
+                argv = ["--h1", "-c", str(args.level), "-m", "1", "-t", "1"]
+                if token:
+                    argv += ["-H", f"authorization: Bearer {token}"]
+                argv.append(f"http://127.0.0.1:{port}{call.path}")
+            else:
+                argv = grpc_argv(call, token, args.level, port, bench.tmp / "body.bin")
             results[method] = measure(bench, server, dataset, argv, args.calls, args.repeat)
             run.log(f"{method}: {_line(results[method])}")
             if args.profile:
@@ -282,15 +293,17 @@ def main() -> int:
                 perf_profile(bench, server, argv, method, args)
         finally:
             server.stop()
-    noop = results.get("noop")
+    ceilings = {m: results.get(run.HTTP_NOOP if m in run.HTTP_METHODS else "noop") for m in results}
     print(
         f"\nCPU per call, µs ({args.calls} calls x {args.repeat}, {args.level} in flight, "
         f"{args.workers} worker(s)); median (min); x = vs no-op"
     )
     for method, figures in results.items():
         ratio = ""
-        if noop and method != "noop":
+        noop = ceilings[method]
+        if noop and method not in ("noop", run.HTTP_NOOP):
             ratio = f"  server {figures['server_us']['median'] / noop['server_us']['median']:.2f}x"
+            ratio += f", loop {figures['loop_us']['median'] / noop['loop_us']['median']:.2f}x"
         print(f"  {method:<20} {_line(figures)}{ratio}")
     out = run.DATA / "cpu"
     out.mkdir(parents=True, exist_ok=True)

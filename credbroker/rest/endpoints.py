@@ -137,7 +137,10 @@ def _too_large(limit: int) -> JSONResponse:
 
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The body, or None if it is larger than ``limit`` bytes (read no further than that)."""
-    declared = request.headers.get("content-length")
+    headers = request.headers
+    declared = headers.get("content-length")
+    if declared is None and "transfer-encoding" not in headers:
+        return b""  # no framing, no body (RFC 9112 6.3): nothing to wait for (most GETs)
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
         return None
     chunks: list[bytes] = []
