@@ -2,6 +2,6 @@
 
 import sys
 
-from credbroker.cli import main
+from credbroker.console import main
 
 sys.exit(main())

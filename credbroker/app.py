@@ -29,7 +29,6 @@ from credbroker.api.webhooks import WebhookServicer
 from credbroker.bootstrap import (
     Backend,
     BoundCipher,
-    StartupError,
     load_keyring,
     open_backend,
     verify_master_keys,
@@ -49,6 +48,7 @@ from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
 from credbroker.domain.providers import ProviderCatalog, default_catalog
 from credbroker.domain.verification import CredentialVerifier
 from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
+from credbroker.preflight import ConfigurationError, ListenError, check_tls_files
 from credbroker.rest import connect_api, connect_sessions, openapi
 from credbroker.rest import connections as http_connections
 from credbroker.rest import health as http_health
@@ -223,6 +223,7 @@ def _add_port(server: grpc.aio.Server, settings: Settings, address: str) -> int:
     """Binds ``address``: TLS when a certificate is configured, mutual TLS with a client CA."""
     if settings.tls_cert is None or settings.tls_key is None:
         return server.add_insecure_port(address)
+    check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)  # not grpc's
     client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
     credentials = grpc.ssl_server_credentials(
         [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())],
@@ -460,10 +461,12 @@ async def start_server(
     try:
         try:
             port = _add_port(server, settings, address)
-        except (RuntimeError, OSError) as exc:  # grpc raises RuntimeError("Failed to bind ...")
-            raise StartupError(f"cannot listen on {address} (in use or not permitted)") from exc
+        except (RuntimeError, OSError):  # grpc raises RuntimeError("Failed to bind ...")
+            raise ListenError(
+                f"cannot listen on {address}: in use or not permitted; choose another address"
+            ) from None
         if port == 0:
-            raise StartupError(f"cannot listen on {address}")
+            raise ListenError(f"cannot listen on {address}; choose another address")
         if settings.http_listen:
             http_server, public_url = await _start_http(
                 settings, admission, state, connections, integrations, sessions
@@ -534,10 +537,11 @@ async def _start_http(
     ]
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
+        check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         try:
             tls = tls_context(settings.tls_cert, settings.tls_key, settings.tls_client_ca)
         except (OSError, ValueError) as exc:
-            raise StartupError(f"cannot load the TLS certificate or key ({exc})") from None
+            raise ConfigurationError(f"cannot load the TLS certificate or key ({exc})") from None
     http_server = HttpServer(
         build_app(
             [
@@ -552,7 +556,13 @@ async def _start_http(
         tls=tls,
         limit_concurrency=settings.max_concurrent_rpcs,
     )
-    port = await http_server.start()
+    try:
+        port = await http_server.start()
+    except OSError as exc:  # taken between the start-up check and now
+        raise ListenError(
+            f"cannot listen on {settings.http_listen} (HTTP): {exc.strerror or exc}; "
+            "choose another address"
+        ) from None
     return http_server, settings.public_url or default_public_url(settings, port)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import asyncpg
 import structlog
 
 from credbroker.config import Settings
@@ -17,16 +18,19 @@ from credbroker.crypto import (
     make_key_check,
     verify_key_check,
 )
-from credbroker.domain.errors import DataIntegrityError
+from credbroker.domain.errors import DataIntegrityError, UnavailableError
+from credbroker.preflight import (
+    ConfigurationError,
+    DatabaseConnectError,
+    database_target,
+    describe_connect_failure,
+)
+from credbroker.preflight import StartupError as StartupError  # re-exported: its old home
 from credbroker.storage.db import Database, PoolSettings, create_pool
 from credbroker.storage.master_keys import PostgresMasterKeyRepository
 from credbroker.storage.migrate import migrate
 
 log = structlog.get_logger("credbroker")
-
-
-class StartupError(RuntimeError):
-    """The service must not start; the message is safe to print (no key material)."""
 
 
 class BoundCipher:
@@ -60,16 +64,16 @@ def load_keyring(settings: Settings) -> Keyring:
     try:
         text = settings.keyring_json()
     except (ValueError, OSError) as exc:
-        raise StartupError(f"cannot read the keyring: {exc}") from None
+        raise ConfigurationError(f"cannot read the keyring: {exc}") from None
     if text is None:
-        raise StartupError(
+        raise ConfigurationError(
             "no master keyring: set CREDBROKER_KEYRING or CREDBROKER_KEYRING_FILE "
             "(create one with `credbroker keyring generate`)"
         )
     try:
         return Keyring.from_json(text)
     except KeyringError as exc:
-        raise StartupError(f"invalid keyring: {exc}") from None
+        raise ConfigurationError(f"invalid keyring: {exc}") from None
 
 
 async def verify_master_keys(db: Database, keyring: Keyring) -> None:
@@ -113,17 +117,34 @@ class Backend:
 
 async def open_backend(settings: Settings, *, pool_min: int | None = None) -> Backend:
     if settings.database_url is None:
-        raise StartupError("CREDBROKER_DATABASE_URL is not set (or run `credbroker serve --dev`)")
+        raise ConfigurationError(
+            "CREDBROKER_DATABASE_URL is not set; set it to postgresql://USER@HOST:PORT/DATABASE "
+            "(or run `credbroker serve --dev` for an embedded one)"
+        )
+    dsn = settings.database_url.get_secret_value()
+    address, role, database = database_target(dsn)
     pool_settings = PoolSettings(
         min_size=settings.db_pool_min if pool_min is None else pool_min,
         max_size=settings.db_pool_max,
         acquire_timeout=settings.db_acquire_timeout,
         command_timeout=settings.db_statement_timeout,
     )
-    pool = await create_pool(settings.database_url.get_secret_value(), pool_settings)
+    try:
+        pool = await create_pool(dsn, pool_settings)
+    except UnavailableError as exc:
+        raise describe_connect_failure(dsn, exc.__cause__ or exc) from None
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise describe_connect_failure(dsn, exc) from None
     db = Database(pool, settings.db_acquire_timeout)
-    async with db.connection() as connection:
-        applied = await migrate(connection)
+    try:
+        async with db.connection() as connection:
+            applied = await migrate(connection)
+    except asyncpg.PostgresError as exc:
+        await pool.close()
+        raise DatabaseConnectError(
+            f"cannot apply migrations to database {database!r} on PostgreSQL at {address} as "
+            f"role {role!r} ({type(exc).__name__}: {exc}); grant the role CREATE on it"
+        ) from None
     if applied:
         log.info("applied migrations", versions=applied)
     return Backend(db)

@@ -25,7 +25,7 @@ from credbroker.bootstrap import (
     open_backend,
     verify_master_keys,
 )
-from credbroker.config import Settings
+from credbroker.config import Settings, tls_pairing_problem
 from credbroker.crypto import EnvelopeCipher, Keyring, KeyringError, generate_keyring
 from credbroker.domain.audit import AuditEvent
 from credbroker.domain.errors import DomainError
@@ -33,6 +33,15 @@ from credbroker.domain.keys import parse_scopes
 from credbroker.domain.models import ALL_SCOPES
 from credbroker.domain.rotation import KeyRotationService
 from credbroker.logs import configure_logging
+from credbroker.preflight import (
+    FLAGS,
+    ConfigurationError,
+    ListenError,
+    check_can_listen,
+    check_tls_files,
+    given_name,
+    variable,
+)
 from credbroker.storage.audit import PostgresAuditLog
 from credbroker.storage.master_keys import PostgresMasterKeyRepository
 
@@ -53,7 +62,12 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="development mode: embedded PostgreSQL and a generated keyring in the data folder",
     )
-    parser = argparse.ArgumentParser(prog="credbroker", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="credbroker",
+        description=__doc__,
+        epilog="Exit codes: 0 done, 1 refused, 2 usage or configuration, 3 database, "
+        "4 cannot listen (docs/operators.md, section 8).",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_cmd = commands.add_parser("serve", parents=[common], help="run the gRPC and HTTP servers")
@@ -105,11 +119,11 @@ def _build_parser() -> argparse.ArgumentParser:
     promote = keyring_sub.add_parser(
         "promote", parents=[edit], help="make a key primary for new writes (rotation step 2)"
     )
-    promote.add_argument("key_id", type=int)
+    promote.add_argument("key_id", type=int, help="the key id to make primary")
     retire = keyring_sub.add_parser(
         "retire", parents=[edit], help="remove a key no data uses any more (rotation step 4)"
     )
-    retire.add_argument("key_id", type=int)
+    retire.add_argument("key_id", type=int, help="the key id to remove")
     keyring_sub.add_parser(
         "status", parents=[common], help="the configured keyring and stored rows per key id"
     )
@@ -118,12 +132,14 @@ def _build_parser() -> argparse.ArgumentParser:
         parents=[common],
         help="rewrap every data key under the primary key (rotation step 3; online, resumable)",
     )
-    rewrap.add_argument("--batch-size", type=int, default=500)
+    rewrap.add_argument(
+        "--batch-size", type=int, default=500, help="rows per transaction (default 500)"
+    )
 
     env_cmd = commands.add_parser("environments", help="manage environments")
     env_sub = env_cmd.add_subparsers(dest="environments_command", required=True)
     env_create = env_sub.add_parser("create", parents=[common], help="create an environment")
-    env_create.add_argument("name")
+    env_create.add_argument("name", help="the new environment's name: [a-z][a-z0-9-]{0,62}")
     env_sub.add_parser("list", parents=[common], help="list environments")
 
     keys_cmd = commands.add_parser("keys", help="manage secret keys")
@@ -131,25 +147,30 @@ def _build_parser() -> argparse.ArgumentParser:
     create = keys_sub.add_parser(
         "create", parents=[common], help="create a key; prints it alone on the last line"
     )
-    create.add_argument("--environment", required=True)
+    create.add_argument("--environment", required=True, help="the environment the key belongs to")
     create.add_argument(
         "--scopes",
         default=",".join(sorted(s.value for s in ALL_SCOPES)),
         help="comma-separated scopes (default: all)",
     )
     create.add_argument("--expires-in", type=_parse_duration, help="e.g. 90d; default: never")
-    create.add_argument("--description", default="")
+    create.add_argument("--description", default="", help="a note shown by `keys list`")
     keys_list = keys_sub.add_parser("list", parents=[common], help="list an environment's keys")
-    keys_list.add_argument("--environment", required=True)
+    keys_list.add_argument("--environment", required=True, help="whose keys to list")
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key")
-    revoke.add_argument("key_id")
+    revoke.add_argument("key_id", help="the key id (`keys list`, or cbsk_<key id>_...)")
     roll = keys_sub.add_parser(
         "roll",
         parents=[common],
         help="replace a key: prints the successor; the old key works for --grace more",
     )
-    roll.add_argument("key_id")
-    roll.add_argument("--grace", type=_parse_duration, default=timedelta(hours=1))
+    roll.add_argument("key_id", help="the key id to replace")
+    roll.add_argument(
+        "--grace",
+        type=_parse_duration,
+        default=timedelta(hours=1),
+        help="how long the old key keeps working, e.g. 30m, 24h (default 1h)",
+    )
 
     audit_cmd = commands.add_parser("audit", help="read the audit trail")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
@@ -157,10 +178,23 @@ def _build_parser() -> argparse.ArgumentParser:
         "tail", parents=[common], help="print recent audit events, oldest first, as JSON lines"
     )
     tail.add_argument("--environment", help="only this environment")
-    tail.add_argument("-n", "--limit", type=int, default=20)
+    tail.add_argument(
+        "-n", "--limit", type=int, default=20, help="how many recent events (default 20)"
+    )
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     cli_webhooks.add_parser(commands, common, _parse_duration)
+    _remember_parsers(parser)
     return parser
+
+
+def _remember_parsers(parser: argparse.ArgumentParser) -> None:
+    """Each command's parser keeps itself in the namespace, so that a usage error (an unknown
+    flag) shows that command's usage rather than the top-level one."""
+    parser.set_defaults(command_parser=parser)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _remember_parsers(sub)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -200,7 +234,7 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = Settings()
     listen = args.listen or settings.listen
     http_listen = settings.http_listen if args.http_listen is None else args.http_listen
     # Port 0 (any free port) cannot be shared by several processes: one worker unless asked.
@@ -214,13 +248,30 @@ def _serve(args: argparse.Namespace) -> int:
         "tls_cert": args.tls_cert or settings.tls_cert,
         "tls_key": args.tls_key or settings.tls_key,
         "tls_client_ca": args.tls_client_ca or settings.tls_client_ca,
-        "workers": args.workers or settings.workers or default_workers,
+        "workers": args.workers
+        if args.workers is not None
+        else settings.workers or default_workers,
         "metrics_listen": args.metrics_listen or settings.metrics_listen,
         # Readable logs in dev (workers included) unless a format was chosen explicitly.
         "log_format": "console" if _dev_console(args) else settings.log_format,
     }
+    names = _serve_flag_names(args)
+    tls_fields = ("tls_cert", "tls_key", "tls_client_ca")
+    # A missing counterpart is named both ways; one that is set, as the user set it.
+    pairing_names = {
+        field: names.get(field)
+        or (variable(field) if overrides[field] else f"{FLAGS[field]} (or {variable(field)})")
+        for field in tls_fields
+    }
+    problem = tls_pairing_problem(
+        overrides["tls_cert"], overrides["tls_key"], overrides["tls_client_ca"], pairing_names
+    )
+    if problem:
+        raise ConfigurationError(f"invalid configuration: {problem}")
     settings = Settings.model_validate({**settings.model_dump(), **overrides})
+    _check_before_serving(settings, names)
     if args.dev:
+        settings = dev.prepare(settings)
 
         async def first_key(backend: Backend) -> None:
             token = await dev.ensure_dev_key(settings, key_service(backend))
@@ -238,6 +289,22 @@ def _serve(args: argparse.Namespace) -> int:
     return workers.run_server(
         settings, workers=settings.workers, metrics_listen=settings.metrics_listen
     )
+
+
+def _check_before_serving(settings: Settings, names: dict[str, str]) -> None:
+    """TLS files and both ports, before the database is touched and before gRPC sees them."""
+    check_tls_files(settings.tls_cert, settings.tls_key, settings.tls_client_ca, names)
+    check_can_listen(settings.listen, given_name("listen", names))
+    if settings.http_listen:
+        check_can_listen(settings.http_listen, given_name("http_listen", names))
+    if settings.metrics_listen:
+        metrics_name = given_name("metrics_listen", names)
+        if settings.metrics_listen == settings.listen:
+            raise ListenError(
+                f"cannot listen on {settings.metrics_listen} ({metrics_name}): it is the gRPC "
+                "address too; choose another port for metrics"
+            )
+        check_can_listen(settings.metrics_listen, metrics_name)
 
 
 async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring) -> None:
@@ -343,11 +410,20 @@ def _dev_console(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "dev", False)) and "CREDBROKER_LOG_FORMAT" not in os.environ
 
 
-def _print_invalid_configuration(exc: ValidationError) -> None:
-    """One line per problem, naming the variable (flags set the same settings); never values."""
+def _print_invalid_configuration(exc: ValidationError, names: dict[str, str] | None = None) -> None:
+    """One line naming each invalid setting as the user gave it (flag or variable); never
+    values."""
+    problems = []
     for error in exc.errors():
-        name = "CREDBROKER_" + str(error["loc"][0]).upper() if error["loc"] else "settings"
-        print(f"credbroker: invalid configuration: {name}: {error['msg']}", file=sys.stderr)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        if error["loc"]:
+            message = f"{given_name(str(error['loc'][0]), names)}: {message}"
+        problems.append(message)
+    print(f"credbroker: invalid configuration: {'; '.join(problems)}", file=sys.stderr)
+
+
+def _serve_flag_names(args: argparse.Namespace) -> dict[str, str]:
+    return {field: flag for field, flag in FLAGS.items() if getattr(args, field, None) is not None}
 
 
 def _edit_keyring(args: argparse.Namespace) -> Keyring:
@@ -362,7 +438,9 @@ def _edit_keyring(args: argparse.Namespace) -> Keyring:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
+    args, unknown = _build_parser().parse_known_args(argv)
+    if unknown:
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         base = Settings()
     except ValidationError as exc:
@@ -381,13 +459,24 @@ def main(argv: list[str] | None = None) -> int:
             return _serve(args)
         workers.run(_run(args))
     except ValidationError as exc:  # flags combined with the environment
-        _print_invalid_configuration(exc)
+        _print_invalid_configuration(exc, _serve_flag_names(args))
         return 2
-    except (StartupError, DomainError, ValueError) as exc:
+    except StartupError as exc:
+        print(f"credbroker: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (DomainError, ValueError) as exc:
         print(f"credbroker: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        log.debug("unexpected failure", exc_info=True)
+        print(
+            f"credbroker: unexpected failure ({type(exc).__name__}); rerun with "
+            "CREDBROKER_LOG_LEVEL=debug to see where, and report it",
+            file=sys.stderr,
+        )
+        return 70
     return 0
 
 

@@ -3,6 +3,7 @@ flags overriding them. Secrets (the keyring) are ``SecretStr`` so they never pri
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,6 +12,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from credbroker.domain.connect_sessions import normalize_origin
 from credbroker.outbound import parse_networks
+
+
+def tls_pairing_problem(
+    cert: object, key: object, client_ca: object, names: Mapping[str, str] | None = None
+) -> str | None:
+    """What is wrong with this combination of TLS settings, naming each as the user gave it
+    (``names`` maps fields given as flags to the flag); None when it is fine."""
+    cert_name, key_name, ca_name = (
+        (names or {}).get(field) or "CREDBROKER_" + field.upper()
+        for field in ("tls_cert", "tls_key", "tls_client_ca")
+    )
+    if cert is not None and key is None:
+        return f"{cert_name} needs {key_name} too (the certificate's private key)"
+    if key is not None and cert is None:
+        return f"{key_name} needs {cert_name} too (the certificate chain)"
+    if client_ca is not None and cert is None:
+        return f"{ca_name} needs {cert_name} and {key_name} (mutual TLS is on top of TLS)"
+    return None
 
 
 class Settings(BaseSettings):
@@ -171,10 +190,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:
-        if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("CREDBROKER_TLS_CERT and CREDBROKER_TLS_KEY go together")
-        if self.tls_client_ca is not None and self.tls_cert is None:
-            raise ValueError("CREDBROKER_TLS_CLIENT_CA needs CREDBROKER_TLS_CERT and _KEY")
+        problem = tls_pairing_problem(self.tls_cert, self.tls_key, self.tls_client_ca)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @field_validator("connect_allowed_origins")

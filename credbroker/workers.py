@@ -14,7 +14,6 @@ import asyncio
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 from collections.abc import Coroutine
 from multiprocessing.connection import wait
@@ -25,9 +24,16 @@ import uvloop
 
 from credbroker import metrics
 from credbroker.app import serve
-from credbroker.bootstrap import StartupError, load_keyring, open_backend, verify_master_keys
+from credbroker.bootstrap import load_keyring, open_backend, verify_master_keys
 from credbroker.config import Settings
 from credbroker.logs import configure_logging
+from credbroker.preflight import (
+    FLAGS,
+    ConfigurationError,
+    ListenError,
+    StartupError,
+    check_can_listen,
+)
 
 log = structlog.get_logger("credbroker")
 
@@ -42,18 +48,25 @@ def run_server(settings: Settings, *, workers: int = 1, metrics_listen: str | No
     """Serves until SIGTERM/SIGINT; returns the process exit code."""
     if workers <= 1:
         if metrics_listen:
-            metrics.serve_metrics(metrics_listen, multiprocess_mode=False)
+            _serve_metrics(metrics_listen, multiprocess_mode=False)
         run(serve(settings))
         return 0
-    addresses = [settings.listen, *([settings.http_listen] if settings.http_listen else [])]
-    if any(address.endswith(":0") for address in addresses):
-        raise StartupError("--workers needs fixed ports (workers share them with SO_REUSEPORT)")
-    for address in addresses:
-        _check_port_free(address)
+    addresses = {"listen": settings.listen}
+    if settings.http_listen:
+        addresses["http_listen"] = settings.http_listen
+    for field, address in addresses.items():
+        if address.endswith(":0"):
+            raise ConfigurationError(
+                f"--workers {workers} needs fixed ports, not {address} ({FLAGS[field]}; workers "
+                "share it with SO_REUSEPORT); give HOST:PORT or --workers 1"
+            )
+    for field, address in addresses.items():
+        # Bound without SO_REUSEPORT: workers must not silently join another server's port.
+        check_can_listen(address, FLAGS[field])
     run(_preflight(settings))
     metrics.prepare_multiprocess()
     if metrics_listen:
-        metrics.serve_metrics(metrics_listen, multiprocess_mode=True)
+        _serve_metrics(metrics_listen, multiprocess_mode=True)
     return _supervise(settings.model_copy(update={"reuse_port": True}), workers)
 
 
@@ -67,17 +80,13 @@ async def _preflight(settings: Settings) -> None:
         await backend.close()
 
 
-def _check_port_free(address: str) -> None:
-    """Binds once without SO_REUSEPORT: workers must not silently join another server's port."""
-    host, _, port = address.rpartition(":")
-    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        # Like gRPC: TIME_WAIT leftovers of a previous run are no conflict; a live listener is.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host.strip("[]"), int(port)))
-        except OSError:
-            raise StartupError(f"cannot listen on {address} (in use or not permitted)") from None
+def _serve_metrics(address: str, *, multiprocess_mode: bool) -> None:
+    try:
+        metrics.serve_metrics(address, multiprocess_mode=multiprocess_mode)
+    except OSError as exc:  # taken between the start-up check and now
+        raise ListenError(
+            f"cannot listen on {address} (metrics): {exc.strerror or exc}; choose another port"
+        ) from None
 
 
 def _worker(values: dict[str, Any], log_format: str, log_level: str, index: int) -> None:
