@@ -242,7 +242,7 @@ def test_keyring_value_never_printed_on_config_error(run_cli: Any, cli_keyring_j
 
 def test_missing_database_url(run_cli: Any) -> None:
     result = run_cli("migrate", env={"CREDBROKER_DATABASE_URL": None}, timeout=30)
-    assert result.returncode == 1
+    assert result.returncode == 2  # configuration (docs/operators.md, exit codes)
     assert "CREDBROKER_DATABASE_URL" in result.stderr
     _no_traceback(result.stderr)
 
@@ -254,7 +254,7 @@ def test_unreachable_database(run_cli: Any) -> None:
         env={"CREDBROKER_DATABASE_URL": "postgresql://postgres:pw-secret@127.0.0.1:1/none"},
         timeout=30,
     )
-    assert result.returncode == 1
-    assert "database" in result.stderr
+    assert result.returncode == 3  # database
+    assert "PostgreSQL at 127.0.0.1:1" in result.stderr
     assert "pw-secret" not in result.stderr
     _no_traceback(result.stderr)
