@@ -28,7 +28,11 @@ from credbroker.domain.errors import FailedPreconditionError
 from credbroker.domain.injection import ResolvedAuth
 from credbroker.domain.models import VerificationState
 from credbroker.domain.providers import Verification
-from credbroker.domain.verification import DestinationNotAllowedError, ProbeResult
+from credbroker.domain.verification import (
+    DestinationNotAllowedError,
+    ProbeResult,
+    UnresolvableDestinationError,
+)
 
 log = structlog.get_logger("credbroker.outbound")
 
@@ -93,7 +97,7 @@ class AddressGuard:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError:
-            raise DestinationNotAllowedError(f"cannot resolve {host}") from None
+            raise UnresolvableDestinationError(f"cannot resolve {host}") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses or not all(self.permits(a) for a in addresses):
             raise DestinationNotAllowedError(f"{host} resolves to a forbidden address")

@@ -32,6 +32,11 @@ class DestinationNotAllowedError(Exception):
     """The provider URL resolves to an address the outbound policy forbids."""
 
 
+class UnresolvableDestinationError(DestinationNotAllowedError):
+    """The provider's host name does not resolve from the server (so no address can be
+    checked against the outbound policy)."""
+
+
 class CredentialProbe(Protocol):
     async def probe(self, auth: ResolvedAuth, verification: Verification) -> ProbeResult:
         """Sends the verification request(s); first 2xx wins. A 4xx means REJECTED; timeouts,
@@ -61,6 +66,12 @@ class CredentialVerifier:
         auth = resolve_auth(provider, integration_config, credentials, connection_config)
         try:
             return await self._probe.probe(auth, verification)
+        except UnresolvableDestinationError:
+            raise FailedPreconditionError(
+                "the provider's host name does not resolve from the server; check its DNS and "
+                "egress, or store with skip_verification",
+                reason="DESTINATION_NOT_ALLOWED",
+            ) from None
         except DestinationNotAllowedError:
             raise FailedPreconditionError(
                 "the provider's address is not allowed by the outbound policy",

@@ -258,3 +258,21 @@ async def test_generic_integration_with_allow_list_is_verified(vclient: Any, fak
 )
 def test_ipv6_forms_of_private_ipv4_are_refused(address: str) -> None:
     assert not AddressGuard().permits(ipaddress.ip_address(address))
+
+
+async def test_unresolvable_host_says_so_rather_than_blaming_the_policy(
+    vclient: Any, fake: Any
+) -> None:
+    """`.invalid` never resolves (RFC 2606): the error names DNS, not the outbound policy."""
+    key = f"sk-{uuid.uuid4().hex}"
+    integration_id = await vclient.integration(
+        "api-key", {"base_url": "https://credbroker-test.invalid", "verification_path": "/me"}
+    )
+    error, info = await vclient.fails(
+        vclient.create(integration_id, vclient.api_key(key), connection_id="x"),
+        grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    assert info.reason == "DESTINATION_NOT_ALLOWED"
+    assert "does not resolve" in error.details()
+    assert "outbound policy" not in error.details()
+    assert key.encode() not in vclient.error_text(error)
