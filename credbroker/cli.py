@@ -158,7 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
     keys_list = keys_sub.add_parser("list", parents=[common], help="list an environment's keys")
     keys_list.add_argument("--environment", required=True, help="whose keys to list")
     revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key")
-    revoke.add_argument("key_id", help="the key id (`keys list`, or cbsk_<key id>_...)")
+    revoke.add_argument("key_id", help="the key id (first column of `keys list`)")
     roll = keys_sub.add_parser(
         "roll",
         parents=[common],

@@ -75,6 +75,7 @@ def test_shipped_catalog_entries_are_valid() -> None:
         assert isinstance(provider.auth_mode, AuthMode)
         assert provider.display_name.strip()
         assert provider.docs.startswith("https://")
+        assert "github.com/credbroker" not in provider.docs, name  # no placeholder links
         if not provider.generic:
             assert provider.base_url.startswith("https://"), name
     assert list(catalog.providers) == sorted(catalog.providers)
