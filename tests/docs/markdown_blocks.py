@@ -6,8 +6,9 @@ expected outputs written inside them (the convention is in CONTRIBUTING.md, "Doc
   ``mjs`` blocks must be saved (``save FILE``) and run by a later shell block, as the user would;
   other languages (``json``, ``text``, none) are never run.
 * Directives are HTML comments on the lines right above the opening fence, invisible when
-  rendered: ``<!-- doc-test: skip REASON -->``, ``<!-- doc-test: save FILE -->``,
-  ``<!-- doc-test: background -->`` (the block's last command keeps running: a server).
+  rendered, one directive a comment: ``<!-- doc-test: skip REASON -->``,
+  ``<!-- doc-test: save FILE -->``, ``<!-- doc-test: background -->`` (the block's last command
+  keeps running: a server).
 * Inside a block, a comment line ``# -> TEXT`` (``// -> TEXT`` in JavaScript) states output that
   the commands since the previous such line must print; ``# -> exit N`` states their last
   command's exit status (default: every command must exit 0).
@@ -98,15 +99,13 @@ def _parse_directives(lines: list[str], where: str) -> dict[str, str]:
         match = _DIRECTIVE.match(line)
         if not match:
             continue
-        for part in match.group(1).split(";"):
-            name, _, value = part.strip().partition(" ")
-            if name not in {"skip", "save", "background"}:
-                raise DocFormatError(f"{where}: unknown doc-test directive {name!r}")
-            if name in {"skip", "save"} and not value.strip():
-                raise DocFormatError(
-                    f"{where}: `{name}` needs a {'reason' if name == 'skip' else 'file name'}"
-                )
-            directives[name] = value.strip()
+        name, _, value = match.group(1).strip().partition(" ")  # one directive a comment
+        if name not in {"skip", "save", "background"}:
+            raise DocFormatError(f"{where}: unknown doc-test directive {name!r}")
+        if name in {"skip", "save"} and not value.strip():
+            what = "reason" if name == "skip" else "file name"
+            raise DocFormatError(f"{where}: `{name}` needs a {what}")
+        directives[name] = value.strip()
     return directives
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .markdown_blocks import PYTHON, SHELL, Block, Chunk
 
-SESSION_TIMEOUT = 420.0
+SESSION_TIMEOUT = 300.0
 WAIT_LISTEN_SECONDS = 60
 
 
