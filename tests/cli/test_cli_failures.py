@@ -353,3 +353,32 @@ def test_address_not_of_this_machine(run_cli: Any) -> None:
 def test_unknown_environment_is_a_refusal(run_cli: Any) -> None:
     line = one_line(run_cli("keys", "list", "--environment", "no-such-env"), 1)
     assert "no-such-env" in line
+
+
+def test_output_piped_into_a_reader_that_stops_early(
+    credbroker_executable: Path, cli_env: dict[str, str]
+) -> None:
+    """`keys list | head -n1` under `set -o pipefail`: the CLI ends quietly with 0. (`true`
+    reads nothing and is gone long before the CLI has started, so the write always fails.)"""
+    import subprocess
+
+    script = (
+        "set -euo pipefail\n"
+        'for _ in 1 2 3; do "$CB" keys create --environment pipes >/dev/null; done\n'
+        '"$CB" keys list --environment pipes | true\n'
+        """"$CB" keys list --environment pipes | awk '{print $1; exit}'\n"""
+    )
+    env = {**cli_env, "CB": str(credbroker_executable)}
+    subprocess.run(
+        [str(credbroker_executable), "environments", "create", "pipes"],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    result = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, check=False, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+    assert len(result.stdout.split()) == 1

@@ -16,6 +16,7 @@ expected outputs written inside them (the convention is in CONTRIBUTING.md, "Doc
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,8 +59,12 @@ class Block:
     background: bool = False
 
     @property
+    def name(self) -> str:
+        return os.path.relpath(self.path)
+
+    @property
     def where(self) -> str:
-        return f"{self.path.name}:{self.first_line}"
+        return f"{self.name}:{self.first_line}"
 
     @property
     def runs(self) -> bool:
@@ -126,7 +131,7 @@ def parse(path: Path, text: str | None = None) -> list[Block]:
         while back >= 0 and _DIRECTIVE.match(lines[back]):
             above.insert(0, lines[back])
             back -= 1
-        where = f"{path.name}:{index + 1}"
+        where = f"{os.path.relpath(path)}:{index + 1}"
         directives = _parse_directives(above, where)
         body: list[str] = []
         index += 1

@@ -217,7 +217,7 @@ class DocSession:
             for expected in step.chunk.expected:
                 if _normalize(self.substitutions.apply(expected)) not in printed:
                     raise DocTestFailure(
-                        f"{step.block.path.name}:{step.chunk.first_line}: the output lacks the "
+                        f"{step.block.name}:{step.chunk.first_line}: the output lacks the "
                         f"documented {expected!r}\n--- the commands:\n{step.script}"
                         f"--- their output:\n{step.out.read_text(errors='replace')[-4000:]}"
                     )
@@ -238,7 +238,7 @@ class DocSession:
         step = self._failed(steps, events)
         output = step.out.read_text(errors="replace") if step.out.exists() else ""
         return (
-            f"{step.block.path.name}:{step.chunk.first_line}: the documented commands failed "
+            f"{step.block.name}:{step.chunk.first_line}: the documented commands failed "
             f"({reason})\n--- the commands (as run):\n{step.script}"
             f"--- their output:\n{output[-4000:]}{driver_output[-2000:]}"
         )
