@@ -1,8 +1,9 @@
 """Shared fixtures: a real PostgreSQL database and a real credbroker server on a loopback port.
 
 The database comes from ``CREDBROKER_TEST_DATABASE_URL`` when set (CI points it at the machine's
-PostgreSQL), else from a testcontainers PostgreSQL when a Docker engine answers, else from an
-embedded pgserver. Each test session creates its own database and drops it at the end.
+PostgreSQL), else from a testcontainers PostgreSQL when a Docker engine answers and the container
+actually starts (its image may not be pullable), else from an embedded pgserver. Each test
+session creates its own database and drops it at the end.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 import warnings
@@ -41,6 +43,33 @@ def _docker_available() -> bool:
         return False
 
 
+def _docker_postgres(stack: contextlib.ExitStack) -> str | None:
+    """A URL of a started testcontainers PostgreSQL, or None (no engine, the image cannot be
+    pulled, the container does not start...): then the caller falls back to the embedded one."""
+    if not _docker_available():
+        return None
+    with warnings.catch_warnings():  # testcontainers 4.x deprecates its own module layout
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from testcontainers.postgres import PostgresContainer
+    container = PostgresContainer("postgres:16-alpine", driver=None)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            container.start()
+        url: str = container.get_connection_url()
+    except Exception as exc:  # noqa: BLE001 - any failure means "use the embedded PostgreSQL"
+        print(
+            f"\ntests: the Docker PostgreSQL did not start ({type(exc).__name__}); "
+            "using the embedded one (set CREDBROKER_TEST_DATABASE_URL to choose)",
+            file=sys.stderr,
+        )
+        with contextlib.suppress(Exception):
+            container.stop()
+        return None
+    stack.callback(container.stop)
+    return url
+
+
 @pytest.fixture(scope="session")
 def admin_database_url() -> Iterator[str]:
     """A URL of a PostgreSQL server where the tests may create databases."""
@@ -48,12 +77,11 @@ def admin_database_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    if _docker_available():
-        from testcontainers.postgres import PostgresContainer
-
-        with PostgresContainer("postgres:16-alpine", driver=None) as container:
-            yield container.get_connection_url()
-        return
+    with contextlib.ExitStack() as stack:
+        docker_url = _docker_postgres(stack)
+        if docker_url is not None:
+            yield docker_url
+            return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from pgserver import get_server  # type: ignore[attr-defined]
