@@ -4,15 +4,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint protos check-protos bench clean
+.PHONY: install run test lint protos check-protos bench clean lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The server, its dev tools and the SDK, at the versions pinned in constraints.txt.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[server,dev]'
 	touch $(STAMP)
+
+# Re-pins every dependency (server and dev) to the newest versions pyproject.toml allows.
+lock: install
+	$(BIN)/pip-compile --quiet --upgrade --strip-extras --extra server --extra dev \
+	  --no-emit-index-url --no-emit-trusted-host --no-emit-find-links \
+	  --output-file constraints.txt pyproject.toml
 
 run: install
 	$(BIN)/credbroker serve --dev

@@ -18,6 +18,7 @@ from credbroker.config import Settings
 from credbroker.crypto import generate_keyring
 from credbroker.domain.errors import AlreadyExistsError
 from credbroker.domain.keys import KeyService
+from credbroker.preflight import ConfigurationError
 from credbroker.rest.server import split_address
 
 log = structlog.get_logger("credbroker.dev")
@@ -44,7 +45,14 @@ def prepare(settings: Settings) -> Settings:
     if settings.database_url is None:
         with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
             warnings.simplefilter("ignore")
-            from pgserver import get_server  # type: ignore[attr-defined]  # lazily: dev mode only
+            try:
+                from pgserver import get_server  # type: ignore[attr-defined]  # dev mode only
+            except ModuleNotFoundError:
+                raise ConfigurationError(
+                    "--dev without CREDBROKER_DATABASE_URL needs the embedded PostgreSQL of the "
+                    "dev install (pip install pgserver, or make run); or set "
+                    "CREDBROKER_DATABASE_URL"
+                ) from None
         logging.getLogger("pgserver").setLevel(logging.WARNING)
 
         server = get_server(data_dir / "pgdata", cleanup_mode="stop")
