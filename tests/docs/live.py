@@ -6,7 +6,9 @@ that point the documented addresses and placeholders at live ones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,11 +42,13 @@ def _port_open(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
-def reader_env(workdir: Path) -> dict[str, str]:
+def reader_env(workdir: Path, client_bin: Path | None = None) -> dict[str, str]:
     """The reader's shell: no CREDBROKER_* settings, the venv's tools first on PATH (as after
-    ``source .venv/bin/activate``), temporary files inside the working folder."""
+    ``source .venv/bin/activate``), temporary files inside the working folder; ``client_bin``
+    holds PostgreSQL client tools (pg_dump) of the test server's version."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CREDBROKER_", "PYTEST_"))}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    path = [str(VENV_BIN), *([str(client_bin)] if client_bin else []), env.get("PATH", "")]
+    env["PATH"] = os.pathsep.join(path)
     env["VIRTUAL_ENV"] = str(VENV_BIN.parent)
     tmp = workdir / ".doc-test" / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -65,6 +69,35 @@ class Databases:
             await admin.execute(statement)
         finally:
             await admin.close()
+
+    async def _major(self) -> int:
+        admin = await asyncpg.connect(self.admin_url)
+        try:
+            return int(await admin.fetchval("SHOW server_version_num")) // 10000
+        finally:
+            await admin.close()
+
+    def client_bin(self) -> Path | None:
+        """A folder with a pg_dump of the server's major version (the reader's pg_dump talks to
+        their server; the test server may be the embedded one, of another version)."""
+        major = asyncio.run(self._major())
+        candidates = [Path(p).parent for p in [shutil.which("pg_dump")] if p]
+        candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+        with contextlib.suppress(ImportError):
+            import pgserver
+
+            candidates.append(Path(pgserver.__file__).parent / "pginstall" / "bin")
+        for folder in candidates:
+            tool = folder / "pg_dump"
+            if not tool.exists():
+                continue
+            version = subprocess.run(
+                [str(tool), "--version"], capture_output=True, text=True, check=False, timeout=30
+            ).stdout
+            match = re.search(r"(\d+)\.\d+", version)
+            if match and int(match.group(1)) == major:
+                return folder
+        return None
 
     def create(self, label: str) -> str:
         name = f"credbroker_docs_{label}_{uuid.uuid4().hex[:10]}"
@@ -88,11 +121,11 @@ class LiveDocs:
     server: subprocess.Popen[bytes]
     log: Path
     substitutions: Substitutions = field(default_factory=Substitutions)
+    client_bin: Path | None = None
 
     def session(self) -> DocSession:
-        return DocSession(
-            self.workdir, reader_env(self.workdir), self.substitutions, VENV_BIN / "python"
-        )
+        env = reader_env(self.workdir, self.client_bin)
+        return DocSession(self.workdir, env, self.substitutions, VENV_BIN / "python")
 
     def stop(self) -> None:
         if self.server.poll() is None:
@@ -134,21 +167,24 @@ def start(workdir: Path, databases: Databases) -> LiveDocs:
     a fresh database instead of the embedded one (the rest of dev mode is as documented: a
     generated keyring and a key for environment ``dev`` in ``.credbroker/``)."""
     lay_out(workdir)
-    port = free_port()
+    port, http_port = free_port(), free_port()
     env = reader_env(workdir)
     env["CREDBROKER_DATABASE_URL"] = databases.create("dev")
     env["CREDBROKER_LOG_FORMAT"] = "json"
     log = workdir / ".doc-test" / "dev-server.log"
     with log.open("wb") as handle:
         server = subprocess.Popen(
-            [str(VENV_BIN / "credbroker"), "serve", "--dev", "--listen", f"127.0.0.1:{port}"],
+            [
+                *(str(VENV_BIN / "credbroker"), "serve", "--dev"),
+                *("--listen", f"127.0.0.1:{port}", "--http-listen", f"127.0.0.1:{http_port}"),
+            ],
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=handle,
             stderr=subprocess.STDOUT,
         )
-    live = LiveDocs(workdir, port, server, log)
+    live = LiveDocs(workdir, port, server, log, client_bin=databases.client_bin())
     deadline = time.monotonic() + START_TIMEOUT
     key = workdir / ".credbroker" / "dev-secret-key"
     while not (key.exists() and _port_open(port)):
@@ -156,14 +192,17 @@ def start(workdir: Path, databases: Databases) -> LiveDocs:
             live.stop()
             raise AssertionError(f"the dev server did not start:\n{log.read_text()[-3000:]}")
         time.sleep(0.1)
-    second, metrics = free_port(), free_port()
+    second, second_http, metrics = free_port(), free_port(), free_port()
     subs = live.substitutions
     subs.add("localhost:50051", f"localhost:{port}")
     subs.add("127.0.0.1:50051", f"127.0.0.1:{port}")
+    subs.add("localhost:8080", f"localhost:{http_port}")
+    subs.add("127.0.0.1:8080", f"127.0.0.1:{http_port}")
     # A server the document starts itself (binds all interfaces in production): loopback here.
     subs.add("0.0.0.0:50051", f"127.0.0.1:{second}")
+    subs.add("0.0.0.0:8080", f"127.0.0.1:{second_http}")
     subs.add("127.0.0.1:9090", f"127.0.0.1:{metrics}")
     subs.add("0.0.0.0:9090", f"127.0.0.1:{metrics}")
     subs.add("postgresql://user@db/credbroker", databases.create("operator"))
-    subs.ports.update({second, metrics})
+    subs.ports.update({second, second_http, metrics})
     return live
