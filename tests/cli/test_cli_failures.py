@@ -222,7 +222,7 @@ def test_workers_zero_names_the_flag(run_cli: Any) -> None:
 
 def test_workers_on_port_zero(run_cli: Any) -> None:
     line = one_line(run_cli("serve", "--workers", "2", "--listen", "127.0.0.1:0"), 2)
-    assert "--workers 2 needs a fixed port" in line
+    assert "--workers 2 needs fixed ports, not 127.0.0.1:0 (--listen" in line
 
 
 def test_unknown_flag_shows_the_commands_usage(run_cli: Any) -> None:
