@@ -26,41 +26,48 @@ def add_parser(
     webhooks = commands.add_parser("webhooks", help="manage webhook endpoints and deliveries")
     sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
     scoped = argparse.ArgumentParser(add_help=False, parents=[common])
-    scoped.add_argument("--environment", required=True)
+    scoped.add_argument("--environment", required=True, help="the endpoints' environment")
 
     create = sub.add_parser(
         "create", parents=[scoped], help="add an endpoint; prints its signing secret last, once"
     )
-    create.add_argument("--url", required=True)
+    create.add_argument("--url", required=True, help="https URL that receives the events")
     create.add_argument("--events", default="", help="comma-separated event types (default: all)")
-    create.add_argument("--description", default="")
+    create.add_argument("--description", default="", help="a note shown by `webhooks list`")
     sub.add_parser("list", parents=[scoped], help="list endpoints as JSON lines")
     update = sub.add_parser("update", parents=[scoped], help="change an endpoint")
-    update.add_argument("endpoint_id")
-    update.add_argument("--url")
+    update.add_argument("endpoint_id", help="the endpoint's id (`webhooks list`)")
+    update.add_argument("--url", help="a new https URL")
     update.add_argument("--events", help="comma-separated event types; '' for all")
-    update.add_argument("--description")
+    update.add_argument("--description", help="a new note")
     state = update.add_mutually_exclusive_group()
-    state.add_argument("--enable", action="store_true")
-    state.add_argument("--disable", action="store_true")
+    state.add_argument("--enable", action="store_true", help="deliver to it again")
+    state.add_argument("--disable", action="store_true", help="stop delivering to it")
     delete = sub.add_parser("delete", parents=[scoped], help="delete an endpoint")
-    delete.add_argument("endpoint_id")
+    delete.add_argument("endpoint_id", help="the endpoint's id (`webhooks list`)")
     rotate = sub.add_parser(
         "rotate-secret",
         parents=[scoped],
         help="new signing secret (printed last, once); the old one signs for --overlap more",
     )
-    rotate.add_argument("endpoint_id")
-    rotate.add_argument("--overlap", type=duration, default=timedelta(hours=1))
+    rotate.add_argument("endpoint_id", help="the endpoint's id (`webhooks list`)")
+    rotate.add_argument(
+        "--overlap",
+        type=duration,
+        default=timedelta(hours=1),
+        help="how long the old secret keeps signing too, e.g. 30m, 24h (default 1h)",
+    )
     deliveries = sub.add_parser(
         "deliveries", parents=[scoped], help="recent deliveries with their attempts (JSON lines)"
     )
-    deliveries.add_argument("--endpoint", default="")
-    deliveries.add_argument("--event", default="")
-    deliveries.add_argument("-n", "--limit", type=int, default=20)
+    deliveries.add_argument("--endpoint", default="", help="only this endpoint's deliveries")
+    deliveries.add_argument("--event", default="", help="only this event's deliveries")
+    deliveries.add_argument(
+        "-n", "--limit", type=int, default=20, help="how many recent deliveries (default 20)"
+    )
     redeliver = sub.add_parser("redeliver", parents=[scoped], help="send a retained event again")
-    redeliver.add_argument("endpoint_id")
-    redeliver.add_argument("event_id")
+    redeliver.add_argument("endpoint_id", help="the endpoint to send it to")
+    redeliver.add_argument("event_id", help="the retained event's id (`webhooks deliveries`)")
 
 
 def _events(text: str) -> list[str]:
