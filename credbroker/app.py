@@ -80,6 +80,7 @@ from credbroker.v1 import (
     webhook_service_pb2,
     webhook_service_pb2_grpc,
 )
+from credbroker.web import pages as connect_pages
 
 log = structlog.get_logger("credbroker")
 
@@ -549,6 +550,7 @@ async def _start_http(
                 *api_routes,
                 *connect_sessions.routes(routes, sessions),
                 *connect_api.routes(routes, sessions),
+                *connect_pages.routes(routes, sessions),
             ]
         ),
         settings.http_listen,

@@ -393,6 +393,13 @@ class ConnectSessionService:
         (``CREDBROKER_CONNECT_ALLOWED_ORIGINS``) and the server's own."""
         return tuple(dict.fromkeys((*session.allowed_origins, *self._global_origins)))
 
+    def framing_origins(self, session: ConnectSession | None) -> tuple[str, ...]:
+        """Origins that may frame the connect page: the server's and, with a session, its own."""
+        return self.allowed_origins(session) if session is not None else self._global_origins
+
+    def own_origin(self) -> str | None:
+        return normalize_origin(self.public_url) if self.public_url else None
+
     def origin_allowed(self, session: ConnectSession | None, origin: str) -> bool:
         allowed = self.allowed_origins(session) if session is not None else self._global_origins
         return normalize_origin(origin) in allowed

@@ -1,0 +1,1 @@
+"""Browser-facing pages and their static assets: the hosted connect page (``GET /connect``)."""
