@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 from pydantic import ValidationError
 
-from credbroker import cli_webhooks, dev, workers
+from credbroker import cli_connect, cli_webhooks, dev, workers
 from credbroker.app import key_service
 from credbroker.bootstrap import (
     Backend,
@@ -183,6 +183,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new events")
     cli_webhooks.add_parser(commands, common, _parse_duration)
+    cli_connect.add_parser(commands, common, _parse_duration)
     _remember_parsers(parser)
     return parser
 
@@ -230,6 +231,11 @@ async def _run(args: argparse.Namespace) -> None:
         keyring = load_keyring(settings)
         await _with_backend(
             settings, lambda backend: cli_webhooks.run(args, settings, backend, keyring)
+        )
+    elif args.command == "connect":
+        keyring = load_keyring(settings)
+        await _with_backend(
+            settings, lambda backend: cli_connect.run(args, settings, backend, keyring)
         )
 
 

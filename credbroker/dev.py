@@ -98,4 +98,8 @@ def http_hint(settings: Settings) -> str:
         return ""
     port = split_address(settings.http_listen)[1]
     base = settings.public_url or default_public_url(settings, port)
-    return f"HTTP: {base} (health: {base}/healthz)"
+    return (
+        f"HTTP: {base} (health: {base}/healthz)\n"
+        f"connect page: {base}/connect (a link for an integration: "
+        "credbroker connect link --dev --environment dev --integration ID)"
+    )

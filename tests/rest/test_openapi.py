@@ -120,6 +120,8 @@ class Recorder:
             ),
         )
         self.seen.add((template, method.lower(), response.status_code))
+        if not response.headers["content-type"].startswith("application/json"):
+            return response.text
         return response.json()
 
 
@@ -257,5 +259,9 @@ async def _connect_sessions(r: Recorder) -> None:
         body={"username": "u", "password": "p"},
         token=basic["data"]["token"],
     )
+    await r.call("GET", "/connect", params={"session_token": token})
+    await r.call("GET", "/connect/", params={"apiURL": "http://127.0.0.1:8080"})
+    await r.call("GET", "/connect/static/{name}", path={"name": "connect.js"})
+    await r.call("GET", "/connect/static/{name}", path={"name": "nope.js"}, expect=404)
     ended = await r.call("POST", "/connect/sessions", body={}, expect=201)
     await r.call("DELETE", "/connect/session", token=ended["data"]["token"], expect=204)
