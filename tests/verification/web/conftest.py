@@ -116,6 +116,8 @@ def _start_app() -> tuple[App, threading.Thread]:
 def apps() -> Iterator[tuple[App, App]]:
     """Two app origins: the first may embed the connect page, the second may not."""
     reason = _missing()
+    if reason and os.environ.get("CREDBROKER_REQUIRE_BROWSER"):
+        pytest.fail(f"browser tests required (CREDBROKER_REQUIRE_BROWSER) but {reason}")
     if reason:
         pytest.skip(reason)
     first, t1 = _start_app()
