@@ -60,6 +60,7 @@ async def test_connect_link_prints_a_link(run_cli: Any, cli_database_url: str) -
         )
     finally:
         await connection.close()
+    assert row is not None
     assert row["allowed_integrations"] == ["byok"] and json.loads(row["end_user"])["id"] == "u-ops"
     assert row["ttl"].total_seconds() == 7200 and row["created_by"] == "cli"
     assert audited == 1
