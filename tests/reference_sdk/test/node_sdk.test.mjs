@@ -225,3 +225,26 @@ test('an end user connected through a connect session: createConnectSession, lis
     });
     assert.deepEqual(connection.credentials, { type: 'API_KEY', apiKey: API_KEY });
 });
+
+test('createReconnectSession replaces one connection\'s key and keeps its tags and end user', async () => {
+    const [connection] = (await nango.listConnections({ userId: 'eu-7' })).connections;
+    const session = await nango.createReconnectSession({
+        connection_id: connection.connection_id,
+        integration_id: 'openai-prod'
+    });
+    assert.match(session.data.token, /^cbcs_/);
+    const replaced = await nango.http.post(
+        `${host}/api-auth/api-key/openai-prod?connect_session_token=${session.data.token}`,
+        { apiKey: 'sk-node-sdk-reconnected' },
+        { headers: { 'Content-Type': 'application/json' } }
+    );
+    assert.deepEqual(replaced.data, { connectionId: connection.connection_id, providerConfigKey: 'openai-prod' });
+    const after = await nango.getConnection('openai-prod', connection.connection_id);
+    assert.deepEqual(after.credentials, { type: 'API_KEY', apiKey: 'sk-node-sdk-reconnected' });
+    assert.deepEqual(after.tags, connection.tags);
+    assert.equal(after.end_user.id, 'eu-7');
+    await assert.rejects(
+        nango.createConnectSession({ end_user: { id: 'x' }, webhook_url_override: 'https://x.example' }),
+        (error) => error.response.status === 400 && error.response.data.error.code === 'invalid_body'
+    );
+});
