@@ -4,10 +4,13 @@ ready key in the data folder on first start, all reused on the next start."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -75,9 +78,18 @@ def _stop(process: subprocess.Popen[str]) -> str:
     return stderr
 
 
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    """A data folder outside ``tmp_path``: as root, the embedded PostgreSQL runs as an
+    unprivileged user, and pytest resets its base folder to mode 0700 whenever another pytest
+    session starts, which would lock that user out of a folder below it."""
+    folder = Path(tempfile.mkdtemp(prefix="credbroker-dev-mode-"))
+    yield folder / "data"
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_dev_mode_first_start_then_reuse(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_dev_mode_first_start_then_reuse(data_dir: Path) -> None:
     port = _free_port()
     first = _start(data_dir, port)
     try:
