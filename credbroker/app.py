@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -15,7 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from credbroker import log_hygiene, metrics
+from credbroker import background, log_hygiene, metrics
 from credbroker.admission import Admission, Auditor, Credential
 from credbroker.admission.limits import Limits, LimitSettings
 from credbroker.admission.ratelimit import FailedAuthLimiter, FailureBudget, GuardedAuthenticator
@@ -39,7 +39,6 @@ from credbroker.dispatch import RunningDispatcher, start_dispatcher, webhook_ser
 from credbroker.domain.audit import AuditService
 from credbroker.domain.connect_sessions import ConnectSessionService
 from credbroker.domain.connections import ConnectionService
-from credbroker.domain.errors import DomainError
 from credbroker.domain.events import ConnectionEventService, WatchLimits
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
@@ -102,23 +101,6 @@ def key_service(backend: Backend) -> KeyService:
 LAST_USED_FLUSH_SECONDS = 30.0
 
 
-async def _flush_last_used_periodically(
-    keys: KeyService, interval: float, connections: ConnectionService | None = None
-) -> None:
-    """Every ``interval``: writes the keys' last-use and the connections' last-read times."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await keys.flush_last_used()
-        except Exception as exc:  # noqa: BLE001 - bookkeeping only; retried next interval
-            log.warning("could not record key last-use times", error_type=type(exc).__name__)
-        if connections is not None:
-            try:
-                await connections.flush_fetches()
-            except Exception as exc:  # noqa: BLE001 - bookkeeping only; retried next interval
-                log.warning("could not record connection read times", error_type=type(exc).__name__)
-
-
 def _no_cached_session(_token: str) -> Principal | None:
     """Sessions are not cached: while a client is over its failed-auth budget, its session
     tokens are refused like unknown keys."""
@@ -127,16 +109,6 @@ def _no_cached_session(_token: str) -> Principal | None:
 
 SESSION_PURGE_SECONDS = 300.0
 SESSION_RETENTION = timedelta(days=1)
-
-
-async def _purge_sessions_periodically(sessions: ConnectSessionService, interval: float) -> None:
-    """Deletes connect sessions a day after they expired (any server may do it; idempotent)."""
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            await sessions.purge_expired(SESSION_RETENTION)
-        except Exception as exc:  # noqa: BLE001 - housekeeping only; retried next interval
-            log.warning("could not purge expired connect sessions", error_type=type(exc).__name__)
 
 
 @dataclass
@@ -256,6 +228,7 @@ async def _sample_periodically(
     serving = True
     rounds = 0
     published_key_ids: set[int] = set()
+    blob_counts = background.Outage("stored blob counts")
     while True:
         await asyncio.sleep(HEALTH_PROBE_SECONDS)
         for sample in samplers:
@@ -263,14 +236,19 @@ async def _sample_periodically(
         try:
             async with asyncio.timeout(HEALTH_PROBE_SECONDS):
                 await backend.db.fetchval("SELECT 1")
-                if rounds % 30 == 0:
-                    counts = await PostgresMasterKeyRepository(backend.db).rows_per_key()
-                    for key_id in published_key_ids | set(counts):
-                        metrics.STORED_BLOBS.labels(str(key_id)).set(counts.get(key_id, 0))
-                    published_key_ids |= set(counts)
             healthy = True
-        except (DomainError, TimeoutError, OSError):
+        except Exception:  # noqa: BLE001 - whatever the failure, the database did not answer
             healthy = False
+        if healthy and rounds % 30 == 0:
+            try:
+                async with asyncio.timeout(HEALTH_PROBE_SECONDS):
+                    counts = await PostgresMasterKeyRepository(backend.db).rows_per_key()
+                for key_id in published_key_ids | set(counts):
+                    metrics.STORED_BLOBS.labels(str(key_id)).set(counts.get(key_id, 0))
+                published_key_ids |= set(counts)
+                blob_counts.recovered()
+            except Exception as exc:  # noqa: BLE001 - a metric only; tried again next time
+                blob_counts.failed(exc)
         rounds += 1
         if healthy != serving:
             serving = healthy
@@ -287,54 +265,90 @@ CLEANUP_LOCK_KEY = 0x63626370  # "cbcp": one event-retention runner across all s
 CLEANUP_BATCH = 1000
 
 
-async def _clean_up_events_periodically(backend: Backend, settings: Settings) -> None:
-    """Every ``event_cleanup_interval``, the server holding the advisory lock deletes events
-    older than ``event_retention`` (with their webhook deliveries), in batches."""
-    store = PostgresEventStore(backend.db)
-    while True:
-        await asyncio.sleep(settings.event_cleanup_interval)
+@contextlib.asynccontextmanager
+async def _advisory_lock(backend: Backend, key: int) -> AsyncIterator[bool]:
+    """Holds PostgreSQL's session advisory lock ``key`` for the block if it is free (yields
+    whether it was). A lock that cannot be released closes its connection, which releases it:
+    pooled connections never keep one (the pool does not reset sessions)."""
+    async with backend.db.connection() as connection:
+        if not await connection.fetchval("SELECT pg_try_advisory_lock($1)", key):
+            yield False
+            return
         try:
-            async with backend.db.connection() as lock_connection:
-                if not await lock_connection.fetchval(
-                    "SELECT pg_try_advisory_lock($1)", CLEANUP_LOCK_KEY
-                ):
-                    continue
-                try:
-                    cutoff = datetime.now(UTC) - timedelta(seconds=settings.event_retention)
-                    deleted, total = CLEANUP_BATCH, 0
-                    while deleted == CLEANUP_BATCH:
-                        deleted = await store.purge(cutoff, CLEANUP_BATCH)
-                        total += deleted
-                    if total:
-                        log.info("deleted expired connection events", count=total)
-                finally:
-                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", CLEANUP_LOCK_KEY)
-        except Exception as exc:  # noqa: BLE001 - a failed round is retried next interval
-            log.warning("event clean-up failed", error_type=type(exc).__name__)
+            yield True
+        finally:
+            try:
+                await connection.execute("SELECT pg_advisory_unlock($1)", key)
+            except BaseException:
+                connection.terminate()
+                raise
 
 
-async def _recheck_periodically(
-    connections: ConnectionService, backend: Backend, settings: Settings
-) -> None:
-    """Every ``recheck_interval``, the server holding the advisory lock re-verifies a batch of
-    connections not verified within ``recheck_max_age``; the others skip that round."""
-    while True:
-        await asyncio.sleep(settings.recheck_interval)
-        try:
-            async with backend.db.connection() as lock_connection:
-                if not await lock_connection.fetchval(
-                    "SELECT pg_try_advisory_lock($1)", RECHECK_LOCK_KEY
-                ):
-                    continue
-                try:
-                    checked = await connections.recheck_stale(
-                        timedelta(seconds=settings.recheck_max_age), settings.recheck_batch
-                    )
-                    log.info("re-checked stale connections", count=checked)
-                finally:
-                    await lock_connection.execute("SELECT pg_advisory_unlock($1)", RECHECK_LOCK_KEY)
-        except Exception as exc:  # noqa: BLE001 - a failed round is retried next interval
-            log.warning("background re-check failed", error_type=type(exc).__name__)
+async def _clean_up_events(backend: Backend, settings: Settings) -> None:
+    """One round: the server holding the advisory lock deletes events older than
+    ``event_retention`` (with their webhook deliveries), in batches."""
+    async with _advisory_lock(backend, CLEANUP_LOCK_KEY) as held:
+        if not held:
+            return
+        store = PostgresEventStore(backend.db)
+        cutoff = datetime.now(UTC) - timedelta(seconds=settings.event_retention)
+        deleted, total = CLEANUP_BATCH, 0
+        while deleted == CLEANUP_BATCH:
+            deleted = await store.purge(cutoff, CLEANUP_BATCH)
+            total += deleted
+        if total:
+            log.info("deleted expired connection events", count=total)
+
+
+async def _recheck(connections: ConnectionService, backend: Backend, settings: Settings) -> None:
+    """One round: the server holding the advisory lock re-verifies a batch of connections not
+    verified within ``recheck_max_age``; the others skip it."""
+    async with _advisory_lock(backend, RECHECK_LOCK_KEY) as held:
+        if held:
+            checked = await connections.recheck_stale(
+                timedelta(seconds=settings.recheck_max_age), settings.recheck_batch
+            )
+            log.info("re-checked stale connections", count=checked)
+
+
+def _start_duties(
+    settings: Settings,
+    backend: Backend,
+    keys: KeyService,
+    connections: ConnectionService,
+    sessions: ConnectSessionService,
+) -> list[asyncio.Task[None]]:
+    """The periodic housekeeping of one server (see :mod:`credbroker.background`)."""
+    duties = [
+        ("key last-use times", LAST_USED_FLUSH_SECONDS, keys.flush_last_used),
+        ("connection read times", LAST_USED_FLUSH_SECONDS, connections.flush_fetches),
+        # Connect sessions go a day after they expired (any server may do it; idempotent).
+        (
+            "connect session purge",
+            SESSION_PURGE_SECONDS,
+            lambda: sessions.purge_expired(SESSION_RETENTION),
+        ),
+    ]
+    if settings.recheck_interval > 0:
+        duties.append(
+            (
+                "verification re-check",
+                settings.recheck_interval,
+                lambda: _recheck(connections, backend, settings),
+            )
+        )
+    if settings.event_cleanup_interval > 0:
+        duties.append(
+            (
+                "event clean-up",
+                settings.event_cleanup_interval,
+                lambda: _clean_up_events(backend, settings),
+            )
+        )
+    return [
+        background.start(name, background.every(seconds, name, run_round))
+        for name, seconds, run_round in duties
+    ]
 
 
 async def start_server(
@@ -483,16 +497,7 @@ async def start_server(
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     state.serving = True
-    tasks = [
-        asyncio.create_task(
-            _flush_last_used_periodically(keys, LAST_USED_FLUSH_SECONDS, connections)
-        ),
-        asyncio.create_task(_purge_sessions_periodically(sessions, SESSION_PURGE_SECONDS)),
-    ]
-    if settings.recheck_interval > 0:
-        tasks.append(asyncio.create_task(_recheck_periodically(connections, backend, settings)))
-    if settings.event_cleanup_interval > 0:
-        tasks.append(asyncio.create_task(_clean_up_events_periodically(backend, settings)))
+    tasks = _start_duties(settings, backend, keys, connections, sessions)
     dispatcher = None
     if settings.webhook_dispatch:
         dispatcher = start_dispatcher(settings, backend, keyring, event_hub)
@@ -501,7 +506,9 @@ async def start_server(
         if isinstance(repository, CachingConnectionRepository | CachingSecretKeyRepository):
             samplers.append(metrics.count_deltas(name, repository.stats))
     tasks.append(
-        asyncio.create_task(_sample_periodically(samplers, backend, health_servicer, state))
+        background.start(
+            "health probe", _sample_periodically(samplers, backend, health_servicer, state)
+        )
     )
     return RunningServer(
         server,

@@ -5,9 +5,9 @@ guard."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass
 
+from credbroker import background
 from credbroker.bootstrap import Backend, BoundCipher
 from credbroker.config import Settings
 from credbroker.crypto import EnvelopeCipher, Keyring
@@ -49,8 +49,7 @@ class RunningDispatcher:
     async def stop(self, grace: float) -> None:
         """Stops claiming, gives attempts in flight ``grace`` seconds, then closes."""
         self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await asyncio.gather(self.task, return_exceptions=True)
         await self.dispatcher.stop(grace)
         await self.sender.close()
 
@@ -73,4 +72,6 @@ def start_dispatcher(
         concurrency=settings.webhook_concurrency,
         per_endpoint=settings.webhook_endpoint_concurrency,
     )
-    return RunningDispatcher(dispatcher, sender, asyncio.create_task(dispatcher.run()))
+    return RunningDispatcher(
+        dispatcher, sender, background.start("webhook dispatcher", dispatcher.run())
+    )

@@ -5,16 +5,21 @@ both the gRPC and the HTTP port, so the kernel spreads connections across them; 
 coherent through PostgreSQL change announcements. The supervising process checks the keyring
 and the database once before spawning (fail closed), serves the aggregated metrics, forwards
 SIGTERM/SIGINT for a graceful drain, and exits non-zero if a worker dies on its own so an
-orchestrator restarts the lot.
+orchestrator restarts the lot. Workers stop by themselves when the supervisor dies, even of
+SIGKILL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Coroutine
 from multiprocessing.connection import wait
 from typing import Any
@@ -89,7 +94,40 @@ def _serve_metrics(address: str, *, multiprocess_mode: bool) -> None:
         ) from None
 
 
-def _worker(values: dict[str, Any], log_format: str, log_level: str, index: int) -> None:
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+ORPHAN_POLL_SECONDS = 1.0
+
+
+def _die_with_supervisor(supervisor_pid: int) -> None:
+    """A worker must not outlive its supervisor: one killed with SIGKILL forwards nothing, and
+    orphaned workers would keep the port. On Linux the kernel sends the worker SIGTERM (a
+    graceful drain) when the supervisor dies (``PR_SET_PDEATHSIG``; the supervisor starts its
+    workers from its main thread, whose exit is what the kernel watches); elsewhere a thread
+    polls the parent pid. A supervisor already gone before this ran is caught by the pid
+    check."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+    if not armed:
+        threading.Thread(
+            target=_exit_when_orphaned, args=(supervisor_pid,), name="orphan-watch", daemon=True
+        ).start()
+    if os.getppid() != supervisor_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_when_orphaned(supervisor_pid: int) -> None:
+    while os.getppid() == supervisor_pid:
+        time.sleep(ORPHAN_POLL_SECONDS)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker(
+    values: dict[str, Any], log_format: str, log_level: str, index: int, supervisor_pid: int
+) -> None:
+    _die_with_supervisor(supervisor_pid)
     configure_logging(log_format, log_level)
     structlog.contextvars.bind_contextvars(worker=index)
     settings = Settings.model_validate(values)
@@ -106,7 +144,7 @@ def _supervise(settings: Settings, count: int) -> int:
     processes = [
         context.Process(
             target=_worker,
-            args=(values, settings.log_format, settings.log_level, index),
+            args=(values, settings.log_format, settings.log_level, index, os.getpid()),
             name=f"credbroker-worker-{index}",
         )
         for index in range(count)

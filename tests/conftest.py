@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import time
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -30,6 +33,7 @@ from credbroker.config import Settings
 from credbroker.crypto import Keyring, generate_keyring
 from credbroker.domain.keys import KeyService
 from credbroker.domain.models import ALL_SCOPES, Scope
+from credbroker.storage.changes import LIVENESS_SECONDS
 from credbroker.v1 import connection_service_pb2_grpc, integration_service_pb2_grpc
 
 
@@ -228,6 +232,50 @@ def settings_factory(database_url: str, keyring: Keyring) -> Callable[..., Setti
 
 
 # ---------------------------------------------------------------------------------------------
+# a change made elsewhere reaches a server within the documented bound
+
+CHANGE_BOUND_SECONDS = LIVENESS_SECONDS
+"""README ("Scaling and observing") and docs/operators.md: a change committed by another process
+(``credbroker keys revoke``, another server, a statement in psql) takes effect on a server within
+1 s at worst. Precisely: every call that *starts* more than this long after the change committed
+sees it (credbroker/storage/changes.py: caches are trusted only while the listener's last answered
+ping was sent less than LIVENESS_SECONDS ago, and PostgreSQL answers a ping only after the
+announcements committed before it was sent). A call that starts earlier may still be served from
+a cache: a test that asserts on the very next call races the announcement."""
+
+ChangeTakesEffect = Callable[[Callable[[], Awaitable[bool]], float, str], Awaitable[float]]
+
+
+async def _change_takes_effect(
+    seen: Callable[[], Awaitable[bool]], since: float, what: str
+) -> float:
+    """Calls ``seen()`` (one call to a server: True once it reflects the change, False while it
+    does not; anything else should raise) until it returns True, and returns how long after
+    ``since`` (``time.monotonic()`` once the change was committed) that call started. Fails as
+    soon as a call that started more than CHANGE_BOUND_SECONDS after ``since`` still missed the
+    change, so a broken invalidation (cached entries live 10 s or more) fails at once."""
+    calls = 0
+    while True:
+        started = time.monotonic()
+        calls += 1
+        if await seen():
+            return started - since
+        late = started - since
+        if late > CHANGE_BOUND_SECONDS:
+            raise AssertionError(
+                f"{what}: not in effect for a call that started {late:.2f} s after the change "
+                f"(documented bound {CHANGE_BOUND_SECONDS} s; {calls} calls)"
+            )
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def change_takes_effect() -> ChangeTakesEffect:
+    """``await change_takes_effect(seen, since, what)``: see :func:`_change_takes_effect`."""
+    return _change_takes_effect
+
+
+# ---------------------------------------------------------------------------------------------
 # a bare HTTP/2 client, for frames a grpc client refuses to send (issue 9)
 
 
@@ -361,3 +409,77 @@ async def raw_h2() -> AsyncIterator[Callable[[int], Awaitable[RawHttp2]]]:
     yield connect
     for connection in opened:
         await connection.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# no test leaves a process behind
+
+LEFTOVER_GRACE_SECONDS = 5.0
+
+
+def _command_line(pid: int) -> str:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return "?"
+    return raw.replace(b"\0", b" ").decode("utf-8", "replace").strip()[:300]
+
+
+def descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every live process below ``pid`` (children, their children, ...),
+    from Linux's /proc; {} where there is none. Zombies (exited, not yet reaped) are not live."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return {}
+    parents: dict[int, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
+        if state not in {"Z", "X"}:
+            parents[int(entry.name)] = int(ppid)
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return {child: _command_line(child) for child in sorted(found)}
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fails the run when a process started by the tests (a server, PostgreSQL, chromium, node,
+    ...) is still alive once every fixture is torn down, naming it; then kills it."""
+    leftovers = descendants(os.getpid())
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while leftovers and time.monotonic() < deadline:  # some may be exiting right now
+        time.sleep(0.1)
+        leftovers = descendants(os.getpid())
+    if not leftovers:
+        return
+    listing = "\n".join(f"  pid {pid}: {command}" for pid, command in leftovers.items())
+    message = (
+        f"{len(leftovers)} process(es) started by the tests outlived the session "
+        f"(killed now; fix the test that started them):\n{listing}"
+    )
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "leftover processes", red=True, bold=True)
+        reporter.write_line(message)
+    else:
+        print(message, file=sys.stderr)
+    for pid in leftovers:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture
+def process_tree() -> Callable[[int], dict[int, str]]:
+    """``process_tree(pid)``: see :func:`descendants`."""
+    return descendants

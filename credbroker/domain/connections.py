@@ -153,8 +153,14 @@ class ConnectionService:
     async def flush_fetches(self) -> None:
         """Writes the read times gathered since the previous flush in one statement."""
         fetched, self._fetched = self._fetched, {}
-        if fetched:
+        if not fetched:
+            return
+        try:
             await self._repository.record_fetches(fetched)
+        except BaseException:
+            for connection_id, time in fetched.items():  # kept for the next flush
+                self._fetched.setdefault(connection_id, time)
+            raise
 
     def _provider(self, name: str) -> Provider:
         provider = self._catalog.get(name)

@@ -29,6 +29,7 @@ from uuid import UUID
 
 import structlog
 
+from credbroker.background import Outage
 from credbroker.domain.errors import DomainError
 from credbroker.domain.events import ConnectionEvent
 from credbroker.domain.ports import Cipher
@@ -220,6 +221,7 @@ class DeliveryDispatcher:
     async def run(self) -> None:
         """Claims and sends until cancelled; database trouble is logged and retried."""
         last_sweep = 0.0
+        outage = Outage("webhook dispatcher")
         with self._wakeups.subscribe_deliveries() as wakeup:
             while True:
                 try:
@@ -228,15 +230,16 @@ class DeliveryDispatcher:
                         expired = await self._store.expire(self._policy)
                         if expired:
                             log.warning("webhook deliveries given up", count=expired)
-                    if await self._claim_some():
+                    claimed = await self._claim_some()
+                    outage.recovered()
+                    if claimed:
                         continue
                     due = await self._store.seconds_until_due(self._busy())
                     wait = MAX_IDLE_SECONDS if due is None else min(MAX_IDLE_SECONDS, due)
                     # Due now but nothing claimable (another server holds its probe): do not spin.
                     await wakeup.wait(max(wait, 0.2))
-                except (DomainError, OSError) as exc:
-                    log.warning("webhook dispatcher round failed", error_type=type(exc).__name__)
-                    await asyncio.sleep(1.0)
+                except Exception as exc:  # noqa: BLE001 - the dispatcher must outlive any failure
+                    await asyncio.sleep(outage.failed(exc))
 
     async def _claim_some(self) -> bool:
         free = self._concurrency - len(self._in_flight)
@@ -257,6 +260,9 @@ class DeliveryDispatcher:
         return bool(claimed)
 
     def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a delivery failure: the lease expires and the delivery is retried.
+            log.error("webhook attempt crashed", error_type=type(task.exception()).__name__)
         endpoint_id = self._in_flight.pop(task, None)
         if endpoint_id is not None:
             self._by_endpoint[endpoint_id] -= 1
@@ -305,7 +311,7 @@ class DeliveryDispatcher:
         )
         try:
             await self._store.finish(delivery, result, retry_in=retry_in, policy=self._policy)
-        except (DomainError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to record it ends the same way
             # The lease expires and another attempt follows: at least once, never lost.
             log.warning("webhook attempt not recorded", error_type=type(exc).__name__)
         log.info(

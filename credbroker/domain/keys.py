@@ -105,7 +105,12 @@ class KeyService:
     async def flush_last_used(self) -> None:
         """Writes the last-use times gathered since the previous flush in one statement."""
         used, self._last_used = self._last_used, {}
-        await self._keys.record_last_used(used)
+        try:
+            await self._keys.record_last_used(used)
+        except BaseException:
+            for key_id, time in used.items():  # kept for the next flush; later uses win
+                self._last_used.setdefault(key_id, time)
+            raise
 
     async def authenticate(self, token: str) -> Principal | None:
         """The caller behind a presented key, or None. All failures look the same to callers."""

@@ -16,6 +16,9 @@ from typing import Any
 import asyncpg
 import structlog
 
+from credbroker import background
+from credbroker.background import Outage
+
 log = structlog.get_logger("credbroker.changes")
 
 CHANNEL = "credbroker_changes"
@@ -57,13 +60,12 @@ class ChangeListener:
     async def start(self) -> None:
         """Connects once (raising if the database is unreachable), then keeps reconnecting."""
         await self._connect()
-        self._task = asyncio.create_task(self._supervise())
+        self._task = background.start("change listener", self._supervise())
 
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.gather(self._task, return_exceptions=True)
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 await self._connection.close(timeout=2)
@@ -78,17 +80,26 @@ class ChangeListener:
         for on_change, _ in self._subscribers:
             on_change(parts)
 
-    def _terminated(self, _connection: Any) -> None:
+    def _terminated(self, connection: Any) -> None:
+        if self._connection is not None and connection is not self._connection:
+            return  # the late notice of a connection already replaced
         self._connection = None
         self._reset_all()
         self._lost.set()
 
     async def _ping(self) -> None:
         """Proves the connection still delivers (see :attr:`healthy`); a connection that stays
-        silent past the retry bound is dropped and reconnected."""
+        silent past the retry bound is dropped and reconnected.
+
+        PostgreSQL sends a listening session its pending announcements before it answers the
+        session's next query, so an answer proves delivery of everything committed before the
+        query was *sent*: that moment, not the answer's, is when the connection was last known
+        to be live. (Counting from the answer would stretch the revocation bound by the length
+        of a slow round trip.)"""
         connection = self._connection
         if connection is None:
             return
+        sent = time.monotonic()
         try:
             await connection.fetchval("SELECT 1", timeout=max(self._retry_seconds * 2, 0.1))
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -97,13 +108,17 @@ class ChangeListener:
             return
         if time.monotonic() - self._alive_at > self._liveness:
             self._reset_all()  # entries cached before the stall: start over
-        self._alive_at = time.monotonic()
+        self._alive_at = max(self._alive_at, sent)
 
     async def _connect(self) -> None:
         connection = await asyncpg.connect(
             self._dsn, timeout=5, server_settings={"application_name": "credbroker-listener"}
         )
-        await connection.add_listener(CHANNEL, self._dispatch)
+        try:
+            await connection.add_listener(CHANNEL, self._dispatch)
+        except BaseException:
+            connection.terminate()
+            raise
         connection.add_termination_listener(self._terminated)
         # Anything cached before this point may have missed announcements.
         self._reset_all()
@@ -112,17 +127,26 @@ class ChangeListener:
         self._lost.clear()
 
     async def _supervise(self) -> None:
+        """Pings three times per liveness period; reconnects (with back-off) when the connection
+        is lost. No failure ends this loop: a round that fails is logged once per outage and
+        retried."""
+        outage = Outage(
+            "change listener", first_delay=self._retry_seconds, max_delay=self._retry_seconds * 5
+        )
         while True:
             try:
-                await asyncio.wait_for(self._lost.wait(), timeout=self._liveness / 3)
-            except TimeoutError:
-                await self._ping()
-                continue
-            log.warning("change listener lost its connection; caches bypassed until it is back")
-            while not self.healthy:
-                await asyncio.sleep(self._retry_seconds)
-                try:
+                if self._connection is None:
                     await self._connect()
+                    outage.recovered()
                     log.info("change listener reconnected")
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                     continue
+                try:
+                    await asyncio.wait_for(self._lost.wait(), timeout=self._liveness / 3)
+                except TimeoutError:
+                    await self._ping()
+                    continue
+                log.warning("change listener lost its connection; caches bypassed until it is back")
+                self._connection = None
+                await asyncio.sleep(self._retry_seconds)
+            except Exception as exc:  # noqa: BLE001 - the listener must outlive any failure
+                await asyncio.sleep(outage.failed(exc))

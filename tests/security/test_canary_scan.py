@@ -265,7 +265,9 @@ class FlowResult:
     key_id: str
 
 
-async def _broad_flow(port: int, keys: KeyService, scanner: Scanner) -> FlowResult:
+async def _broad_flow(
+    port: int, keys: KeyService, scanner: Scanner, change_takes_effect: Any
+) -> FlowResult:
     """Both auth modes, connection config, updates, an upsert, reveals, and every kind of error,
     each carrying fresh canaries; ends by revoking the secret key and presenting it again."""
     canaries: dict[str, str] = {}
@@ -573,6 +575,18 @@ async def _broad_flow(port: int, keys: KeyService, scanner: Scanner) -> FlowResu
             cpb.DeleteConnectionRequest(integration_id="openai", connection_id="user-upsert"),
         )
         await keys.revoke_key(secret_record.key_id)
+        revoked = time.monotonic()
+
+        async def refused() -> bool:
+            try:
+                await connections.AccessCredentials(access_api, metadata=auth, timeout=RPC_TIMEOUT)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == Code.UNAUTHENTICATED, error
+                return True
+            return False
+
+        # Revoked by another process: in effect within the documented bound (then scanned).
+        await change_takes_effect(refused, revoked, "revoke")
         await flow.fails(
             "the revoked secret key",
             Code.UNAUTHENTICATED,
@@ -636,6 +650,7 @@ async def test_canaries_appear_only_in_access_credentials(
     admin_database_url: str,
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
+    change_takes_effect: Any,
 ) -> None:
     """In-process server: logs captured through caplog (stdlib records, root logger at DEBUG)
     and capfd (what structlog prints with the test session's configuration)."""
@@ -659,7 +674,9 @@ async def test_canaries_appear_only_in_access_credentials(
         try:
             running = await start_server(settings, backend, keyring)
             try:
-                result = await _broad_flow(running.port, key_service(backend), scanner)
+                result = await _broad_flow(
+                    running.port, key_service(backend), scanner, change_takes_effect
+                )
             finally:
                 await running.stop(0)
         finally:
@@ -678,7 +695,7 @@ async def test_canaries_appear_only_in_access_credentials(
 
 
 async def test_canaries_absent_from_production_logs(
-    admin_database_url: str, tmp_path: Path
+    admin_database_url: str, tmp_path: Path, change_takes_effect: Any
 ) -> None:
     """The same flow against ``credbroker serve`` in a subprocess with the production logging
     set-up (JSON, redaction, level debug): its whole stdout and stderr are scanned."""
@@ -724,7 +741,7 @@ async def test_canaries_absent_from_production_logs(
                         continue
                     writer.close()
                     break
-                result = await _broad_flow(port, key_service(backend), scanner)
+                result = await _broad_flow(port, key_service(backend), scanner, change_takes_effect)
                 process.send_signal(signal.SIGTERM)
                 stdout, stderr = await asyncio.wait_for(process.communicate(), 30)
             finally:
