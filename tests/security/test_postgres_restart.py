@@ -25,7 +25,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from credbroker.app import key_service, start_server
+from credbroker.app import HEALTH_PROBE_SECONDS, key_service, start_server
 from credbroker.bootstrap import open_backend
 from credbroker.config import Settings
 from credbroker.crypto import generate_keyring
@@ -37,10 +37,16 @@ from credbroker.v1 import integration_service_pb2_grpc as ipb_grpc
 from credbroker.v1 import resources_pb2 as rpb
 
 RATE_PER_SECOND = 50
-LOAD_SECONDS = 15.0
 MAX_IN_FLIGHT = 64
 RPC_TIMEOUT = 8.0
+# The service must answer again within this long of PostgreSQL being back (measured: well under
+# a second). The load runs on until every outage shows TRAILING_CALLS successful calls in a row
+# after its last failure, or this bound passed: how long pg_ctl takes on a loaded machine no
+# longer eats into the window that judges recovery.
 RECOVERY_SECONDS = 10.0
+TRAILING_CALLS = 20
+QUIET_SECONDS = 3.0  # steady load before the first outage, and after each recovery
+HEALTH_SECONDS = 3 * HEALTH_PROBE_SECONDS + RECOVERY_SECONDS
 PG_CTL_TIMEOUT = 60.0
 INTEGRATION = "openai"
 # No outbound calls: credential verification off (the generic providers used here have no
@@ -225,8 +231,29 @@ class Load:
         if reply.credentials.api_key.api_key != value:
             self.wrong.append(connection_id)
 
-    async def run(self, seconds: float) -> None:
-        """About RATE_PER_SECOND calls a second, at most MAX_IN_FLIGHT at once."""
+    def recovered_at(self, outage: Outage, until: float) -> tuple[float | None, int]:
+        """When calls started working again after ``outage`` (the start of the first of the
+        successful calls that follow its last failure, among the calls started after it began
+        and done before ``until``, when the next outage began), and how many such calls there
+        are; None while the last call failed."""
+        window = [op for op in self.ops if outage.down <= op.start and op.end < until]
+        last_failure = max((op.end for op in window if op.code != "OK"), default=None)
+        trailing = [op for op in window if last_failure is None or op.start > last_failure]
+        if not trailing or any(op.code != "OK" for op in trailing):
+            return None, 0
+        return min(op.start for op in trailing), len(trailing)
+
+    async def wait_recovered(self, outage: Outage) -> None:
+        """Until TRAILING_CALLS calls in a row worked after ``outage``, or RECOVERY_SECONDS
+        after it ended (the assertions then tell which); then QUIET_SECONDS more."""
+        while self.now() < outage.back + RECOVERY_SECONDS:
+            if self.recovered_at(outage, float("inf"))[1] >= TRAILING_CALLS:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(QUIET_SECONDS)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """About RATE_PER_SECOND calls a second, at most MAX_IN_FLIGHT at once, until ``stop``."""
         rng = random.Random(7)
         slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         tasks: set[asyncio.Task[None]] = set()
@@ -238,7 +265,7 @@ class Load:
                 slots.release()
 
         issued = 0
-        while self.now() < seconds:
+        while not stop.is_set():
             await slots.acquire()
             task = asyncio.create_task(one("create" if rng.random() < 0.5 else "read"))
             tasks.add(task)
@@ -249,6 +276,7 @@ class Load:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)
 async def test_postgres_restart_under_load(private_postgres: PrivatePostgres) -> None:
     postgres = private_postgres
     keyring = generate_keyring()
@@ -280,36 +308,49 @@ async def test_postgres_restart_under_load(private_postgres: PrivatePostgres) ->
             )
             load = Load(cpb_grpc.ConnectionServiceStub(channel), metadata, time.monotonic())
             outages: list[Outage] = []
+            stop = asyncio.Event()
 
             async def disturb() -> None:
-                await asyncio.sleep(3)
-                down = load.now()
-                await asyncio.to_thread(postgres.restart_fast)
-                outages.append(Outage("pg_ctl restart -m fast", down, load.now()))
-                await asyncio.sleep(3)
-                down = load.now()
-                await asyncio.to_thread(postgres.stop_fast)
-                await asyncio.sleep(2)  # a real outage window, not only a blip
-                await asyncio.to_thread(postgres.start)
-                outages.append(Outage("pg_ctl stop -m fast; 2 s; start", down, load.now()))
+                try:
+                    await asyncio.sleep(QUIET_SECONDS)
+                    down = load.now()
+                    await asyncio.to_thread(postgres.restart_fast)
+                    outages.append(Outage("pg_ctl restart -m fast", down, load.now()))
+                    await load.wait_recovered(outages[-1])
+                    down = load.now()
+                    await asyncio.to_thread(postgres.stop_fast)
+                    await asyncio.sleep(2)  # a real outage window, not only a blip
+                    await asyncio.to_thread(postgres.start)
+                    outages.append(Outage("pg_ctl stop -m fast; 2 s; start", down, load.now()))
+                    await load.wait_recovered(outages[-1])
+                finally:
+                    stop.set()
 
-            results = await asyncio.gather(
-                load.run(LOAD_SECONDS), disturb(), return_exceptions=True
-            )
+            results = await asyncio.gather(load.run(stop), disturb(), return_exceptions=True)
             for result in results:
                 if isinstance(result, BaseException):
                     raise AssertionError(postgres.diagnostics()) from result
 
+            duration = load.now()
             failed = [op for op in load.ops if op.code != "OK"]
             timeline = ", ".join(
                 f"{o.name}: down {o.down:.2f}s back {o.back:.2f}s" for o in outages
             )
-            summary = (
-                f"{len(load.ops)} calls ({len(failed)} failed, codes "
-                f"{sorted({op.code for op in failed})}); {timeline}"
+            recoveries = []
+            for index, outage in enumerate(outages):
+                until = outages[index + 1].down if index + 1 < len(outages) else duration
+                recoveries.append(load.recovered_at(outage, until))
+            measured = ", ".join(
+                "never" if at is None else f"{at - o.back:+.2f}s after back ({n} calls after)"
+                for o, (at, n) in zip(outages, recoveries, strict=True)
             )
+            summary = (
+                f"{len(load.ops)} calls in {duration:.1f}s ({len(failed)} failed, codes "
+                f"{sorted({op.code for op in failed})}); {timeline}; recovered: {measured}"
+            )
+            print(summary)
             assert len(outages) == 2, summary
-            assert len(load.ops) >= RATE_PER_SECOND * LOAD_SECONDS * 0.6, summary
+            assert len(load.ops) >= RATE_PER_SECOND * duration * 0.6, summary
 
             # Only UNAVAILABLE, and only around an outage.
             assert {op.code for op in failed} <= {"UNAVAILABLE"}, summary
@@ -322,19 +363,17 @@ async def test_postgres_restart_under_load(private_postgres: PrivatePostgres) ->
             gap = outages[1]
             assert any(gap.down <= op.start <= gap.back for op in failed), summary
 
-            # Recovered by itself within RECOVERY_SECONDS of each outage ending.
-            for index, outage in enumerate(outages):
-                until = outages[index + 1].down if index + 1 < len(outages) else LOAD_SECONDS
-                window = [op for op in load.ops if outage.down <= op.start < until]
-                last_failure = max((op.end for op in window if op.code != "OK"), default=None)
-                trailing = [op for op in window if last_failure is None or op.start > last_failure]
-                assert trailing and all(op.code == "OK" for op in trailing), summary
-                recovered_at = min(op.start for op in trailing)
+            # Recovered by itself within RECOVERY_SECONDS of each outage ending, for good.
+            for outage, (recovered_at, trailing) in zip(outages, recoveries, strict=True):
+                assert recovered_at is not None, (
+                    f"{outage.name}: calls still failed at the end of its window (the load ran "
+                    f"{RECOVERY_SECONDS} s past PostgreSQL being back); {summary}"
+                )
                 assert recovered_at - outage.back <= RECOVERY_SECONDS, (
                     f"{outage.name}: calls failed until {recovered_at - outage.back:.1f}s after "
-                    f"PostgreSQL was back; {summary}"
+                    f"PostgreSQL was back (bound {RECOVERY_SECONDS} s); {summary}"
                 )
-                assert len(trailing) >= 20, f"{outage.name}: too few calls after it; {summary}"
+                assert trailing >= TRAILING_CALLS, f"{outage.name}: too few calls after; {summary}"
 
             assert load.wrong == [], f"reads returned another value: {load.wrong[:5]}"
 
@@ -354,10 +393,16 @@ async def test_postgres_restart_under_load(private_postgres: PrivatePostgres) ->
             assert lost == [], f"{len(lost)} acknowledged creates lost; {summary}"
             assert len(load.acked) >= 100, summary
 
-            health = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=5
-            )
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            # Health turns SERVING again by itself (probed every HEALTH_PROBE_SECONDS).
+            deadline = time.monotonic() + HEALTH_SECONDS
+            while True:
+                health = await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                if health.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+                assert time.monotonic() < deadline, f"not SERVING {HEALTH_SECONDS} s after"
+                await asyncio.sleep(0.1)
     finally:
         await running.stop(0)
         await backend.close()
