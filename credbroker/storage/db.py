@@ -17,6 +17,7 @@ from credbroker.domain.errors import UnavailableError
 _UNAVAILABLE = (
     OSError,
     asyncio.TimeoutError,
+    asyncpg.exceptions.PostgresConnectionError,  # SQLSTATE class 08: the connection failed
     asyncpg.exceptions.ConnectionDoesNotExistError,
     asyncpg.exceptions.CannotConnectNowError,
     asyncpg.exceptions.TooManyConnectionsError,
@@ -78,14 +79,16 @@ class Database:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         try:
-            async with self.pool.acquire(timeout=self._acquire_timeout) as connection:
-                try:
-                    yield cast(asyncpg.Connection, connection)
-                except asyncpg.exceptions.InternalClientError as exc:
-                    # The connection's protocol state is broken (seen after a database
-                    # restart, with an operation left half done): drop it from the pool.
-                    connection.terminate()
-                    raise UnavailableError("database connection in a bad state") from exc
+            connection = await self._acquire()
+            try:
+                yield cast(asyncpg.Connection, connection)
+            except asyncpg.exceptions.InternalClientError as exc:
+                # The connection's protocol state is broken (seen after a database restart,
+                # with an operation left half done): drop it from the pool.
+                connection.terminate()
+                raise UnavailableError("database connection in a bad state") from exc
+            finally:
+                await self.pool.release(connection)
         except _UNAVAILABLE as exc:
             raise UnavailableError("database unavailable") from exc
 
@@ -96,11 +99,16 @@ class Database:
 
     async def _acquire(self) -> asyncpg.pool.PoolConnectionProxy[asyncpg.Record]:
         """A pool connection. With one idle, asyncpg's acquire returns at once and its timeout
-        would only cost a task per query (``wait_for``), so it is skipped; otherwise bounded."""
+        would only cost a task per query (``wait_for``), so it is skipped; otherwise bounded.
+        The server refusing a new connection, whatever it says (not accepting connections,
+        shutting down, too many clients, ...), means unavailable."""
         pool = self.pool
-        if pool.get_idle_size():
-            return await pool.acquire()
-        return await pool.acquire(timeout=self._acquire_timeout)
+        try:
+            if pool.get_idle_size():
+                return await pool.acquire()
+            return await pool.acquire(timeout=self._acquire_timeout)
+        except asyncpg.PostgresError as exc:
+            raise UnavailableError("database unavailable") from exc
 
     # One statement on a pooled connection, without the context managers' per-call cost, and
     # with the same failure handling as connection().

@@ -1,5 +1,6 @@
 """A server whose database connections are cut again and again (``pg_terminate_backend`` on every
-backend of its database, every 0.1 s for a few seconds, under traffic) keeps serving, and every
+backend of its database, every 0.1 s for a few seconds, under traffic, and then while the
+database refuses new connections) keeps serving, answering UNAVAILABLE meanwhile, and every
 background duty resumes by itself: the change listener (a revocation made elsewhere still
 arrives by announcement), the audit writer, the webhook dispatcher (every event acknowledged
 during the storm is delivered), the verification re-check runner, the last-use and read-time
@@ -35,6 +36,7 @@ from credbroker.v1 import resources_pb2 as rpb
 from .conftest import Account, create_endpoint
 
 STORM_SECONDS = 3.0
+REFUSE_SECONDS = 2.0
 TERMINATE_EVERY = 0.1
 DUTY_SECONDS = 0.3  # interval of every periodic duty in this test
 RECOVERY_SECONDS = 15.0  # each duty shows it works again within this long of the storm
@@ -88,11 +90,15 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: fl
     return time.monotonic() - started
 
 
-async def storm(admin_database_url: str, database: str, seconds: float) -> int:
-    """Terminates every backend of ``database`` every TERMINATE_EVERY seconds; returns how many."""
+async def storm(admin_database_url: str, database: str) -> int:
+    """Terminates every backend of ``database`` every TERMINATE_EVERY seconds for STORM_SECONDS,
+    then for REFUSE_SECONDS more while the database refuses new connections (``ALLOW_CONNECTIONS
+    false``: every reconnect fails too); returns how many backends it terminated."""
     admin = await asyncpg.connect(admin_database_url)
     terminated = 0
-    try:
+
+    async def terminate_for(seconds: float) -> None:
+        nonlocal terminated
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             terminated += await admin.fetchval(
@@ -101,6 +107,14 @@ async def storm(admin_database_url: str, database: str, seconds: float) -> int:
                 database,
             )
             await asyncio.sleep(TERMINATE_EVERY)
+
+    try:
+        await terminate_for(STORM_SECONDS)
+        await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        try:
+            await terminate_for(REFUSE_SECONDS)
+        finally:
+            await admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
     finally:
         await admin.close()
     return terminated
@@ -143,11 +157,13 @@ async def test_every_duty_resumes_after_its_connections_are_cut(
             await asyncio.sleep(0.02)
 
     terminated, _ = await asyncio.gather(
-        storm(admin_database_url, database, STORM_SECONDS),
-        traffic(time.monotonic() + STORM_SECONDS),
+        storm(admin_database_url, database),
+        traffic(time.monotonic() + STORM_SECONDS + REFUSE_SECONDS),
     )
     assert terminated >= 10, f"only {terminated} backends terminated: no storm"
-    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}, codes
+    assert set(codes) <= {grpc.StatusCode.UNAVAILABLE}, (
+        f"calls during the storm answered {sorted({c.name for c in codes})}, not UNAVAILABLE only"
+    )
     storm_over = datetime.now(UTC)
 
     # The server serves, and health says so.
@@ -268,6 +284,7 @@ async def revocation_arrives_by_announcement(
     (a lost or late listener clears them), so the announcement, not a bypass, did it. Repeated
     if the listener hiccuped meanwhile (a loaded machine), failing after three tries."""
     keys = key_service(elsewhere)
+    assert account.channel is not None
     stub = igrpc.IntegrationServiceStub(account.channel)
 
     async def works(token: str) -> bool:
