@@ -451,6 +451,20 @@ def descendants(pid: int) -> dict[int, str]:
     return {child: _command_line(child) for child in sorted(found)}
 
 
+PR_SET_CHILD_SUBREAPER = 36  # <linux/prctl.h>
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Makes this process the subreaper of everything the tests start (Linux): a process whose
+    parent dies (a server's worker, a daemonized PostgreSQL, a browser's helper) is adopted here
+    instead of by init, so the session-end check below still sees it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fails the run when a process started by the tests (a server, PostgreSQL, chromium, node,
     ...) is still alive once every fixture is torn down, naming it; then kills it."""
@@ -468,6 +482,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     )
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
+        reporter.ensure_newline()
         reporter.write_sep("=", "leftover processes", red=True, bold=True)
         reporter.write_line(message)
     else:

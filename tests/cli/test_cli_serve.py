@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import signal
 import socket
 import subprocess
@@ -209,3 +210,63 @@ def test_serve_workers_share_the_http_port_and_never_log_query_strings(
     assert secret not in output
     assert "QueryStringCanary" not in output
     assert not _port_open(int(http_address.rpartition(":")[2]))
+
+
+ORPHAN_BOUND_SECONDS = 15.0  # the workers' graceful drain (CREDBROKER_SHUTDOWN_GRACE=5) and exit
+
+
+def test_workers_exit_when_the_supervisor_is_killed(
+    credbroker_executable: Path,
+    cli_env: dict[str, str],
+    free_port: int,
+    tmp_path: Path,
+    process_tree: Any,
+) -> None:
+    """``serve --workers 2`` killed with SIGKILL (no signal forwarded, no clean-up): its
+    workers notice their supervisor died and exit by themselves, freeing both ports."""
+    http_port = int(cli_env["CREDBROKER_HTTP_LISTEN"].rpartition(":")[2])
+    env = {**cli_env, "CREDBROKER_WORKERS": "2"}
+    process, log = _start(credbroker_executable, env, free_port, tmp_path)
+    workers: dict[int, str] = {}
+    try:
+        _wait_serving(process, free_port, log)
+        deadline = time.monotonic() + START_TIMEOUT
+        while log.read_text().count('"serving"') < 2:  # each worker logs it once it listens
+            assert time.monotonic() < deadline, f"two workers not serving:\n{log.read_text()}"
+            time.sleep(0.1)
+        workers = {
+            pid: command
+            for pid, command in process_tree(process.pid).items()
+            if "multiprocessing" in command and "resource_tracker" not in command
+        }
+        assert len(workers) == 2, process_tree(process.pid)
+        process.kill()
+        process.wait(timeout=10)
+        killed = time.monotonic()
+        while time.monotonic() - killed < ORPHAN_BOUND_SECONDS:
+            if not any(process_alive(pid) for pid in workers):
+                break
+            time.sleep(0.1)
+        left = [pid for pid in workers if process_alive(pid)]
+        assert left == [], (
+            f"workers {left} still alive {ORPHAN_BOUND_SECONDS} s after the supervisor was "
+            f"killed:\n{log.read_text()[-3000:]}"
+        )
+        print(f"workers exited {time.monotonic() - killed:.2f} s after the supervisor's SIGKILL")
+    finally:
+        _stop(process)
+        for pid in workers:  # only if the assertion above failed
+            if process_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert not _port_open(free_port)
+    assert not _port_open(http_port)
+    assert "Traceback" not in log.read_text()
+
+
+def process_alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped by whoever adopted it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
