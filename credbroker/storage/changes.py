@@ -22,8 +22,8 @@ from credbroker.background import Outage
 log = structlog.get_logger("credbroker.changes")
 
 CHANNEL = "credbroker_changes"
-# Caches are trusted only while the listening connection answered within this many seconds,
-# which bounds how late a revocation can take effect when that connection stalls.
+# Caches are trusted only while the listening connection answered a ping sent within this many
+# seconds, which bounds how late a revocation can take effect, even when that connection stalls.
 LIVENESS_SECONDS = 1.0
 
 
@@ -34,7 +34,9 @@ class ChangeListener:
         self._dsn = dsn
         self._retry_seconds = retry_seconds
         self._liveness = liveness_seconds
-        self._alive_at = 0.0  # monotonic time of the last round trip that proved delivery
+        # Monotonic time up to which delivery is proven: when the last answered ping was sent
+        # (or the connection was made).
+        self._alive_at = 0.0
         self._subscribers: list[tuple[Callable[[list[str]], None], Callable[[], None]]] = []
         self._connection: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
@@ -42,10 +44,11 @@ class ChangeListener:
 
     @property
     def healthy(self) -> bool:
-        """Connected, and a round trip on the listening connection (which also delivers every
-        announcement committed before it) finished within the last ``liveness_seconds``: a
-        stalled connection makes the caches bypassed after that bound, not after a TCP or ping
-        timeout."""
+        """Connected, and a ping on the listening connection sent within the last
+        ``liveness_seconds`` was answered (which delivered every announcement committed before
+        it was sent): a change committed elsewhere reaches every call that starts more than
+        ``liveness_seconds`` later, and a stalled connection makes the caches bypassed after
+        that bound, not after a TCP or ping timeout."""
         connection = self._connection
         if connection is None or connection.is_closed():
             return False
