@@ -43,7 +43,11 @@ from credbroker.domain.events import ConnectionEventService, WatchLimits
 from credbroker.domain.integrations import IntegrationService
 from credbroker.domain.keys import KeyService
 from credbroker.domain.models import Principal
-from credbroker.domain.ports import ConnectionRepository, SecretKeyRepository
+from credbroker.domain.ports import (
+    ConnectionRepository,
+    IntegrationRepository,
+    SecretKeyRepository,
+)
 from credbroker.domain.providers import ProviderCatalog, default_catalog
 from credbroker.domain.verification import CredentialVerifier
 from credbroker.outbound import AddressGuard, HttpCredentialProbe, parse_networks
@@ -56,7 +60,11 @@ from credbroker.rest.app import build_app
 from credbroker.rest.endpoints import HttpRoutes
 from credbroker.rest.server import HttpServer, split_address, tls_context
 from credbroker.storage.audit import GroupCommitAuditLog, PostgresAuditLog
-from credbroker.storage.cache import CachingConnectionRepository, CachingSecretKeyRepository
+from credbroker.storage.cache import (
+    CachingConnectionRepository,
+    CachingSecretKeyRepository,
+    InvalidatingIntegrationRepository,
+)
 from credbroker.storage.changes import ChangeListener
 from credbroker.storage.connect_sessions import PostgresConnectSessionRepository
 from credbroker.storage.connections import PostgresConnectionRepository
@@ -384,7 +392,12 @@ async def start_server(
         timeout=settings.verify_timeout,
         ca_file=settings.outbound_ca_file,
     )
-    integrations = IntegrationService(PostgresIntegrationRepository(backend.db), catalog)
+    integration_repository: IntegrationRepository = PostgresIntegrationRepository(backend.db)
+    if isinstance(connection_repository, CachingConnectionRepository):
+        integration_repository = InvalidatingIntegrationRepository(
+            integration_repository, connection_repository
+        )
+    integrations = IntegrationService(integration_repository, catalog)
     connections = ConnectionService(
         connection_repository,
         integrations,

@@ -275,6 +275,52 @@ def change_takes_effect() -> ChangeTakesEffect:
     return _change_takes_effect
 
 
+@dataclass
+class StalledListenerServer:
+    """A server of its own whose change listener trusts its caches for 30 s without an answer,
+    so that :meth:`announcements_stalled` (its listener's database backend stopped with
+    SIGSTOP) leaves the caches trusted while no announcement can arrive: whatever the next call
+    sees then comes from the caches and this process's own write paths."""
+
+    running: RunningServer
+    channel: grpc.aio.Channel
+    listener_pid: int
+
+    @contextlib.asynccontextmanager
+    async def announcements_stalled(self) -> AsyncIterator[None]:
+        os.kill(self.listener_pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(self.listener_pid, signal.SIGCONT)
+        assert self.running.listener is not None and self.running.listener.healthy, (
+            "the caches were not trusted throughout: the test proves nothing"
+        )
+
+
+@pytest_asyncio.fixture
+async def stalled_listener_server(
+    settings: Settings, backend: Backend, keyring: Keyring, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[StalledListenerServer]:
+    import credbroker.app
+    from credbroker.storage.changes import ChangeListener
+
+    query = """SELECT pid FROM pg_stat_activity
+               WHERE datname = current_database() AND application_name = 'credbroker-listener'"""
+    before = {row["pid"] for row in await backend.db.fetch(query)}
+    monkeypatch.setattr(
+        credbroker.app, "ChangeListener", lambda dsn: ChangeListener(dsn, liveness_seconds=30.0)
+    )
+    running = await start_server(settings, backend, keyring)
+    try:
+        new = {row["pid"] for row in await backend.db.fetch(query)} - before
+        assert len(new) == 1, f"cannot tell this server's listener backend among {new}"
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield StalledListenerServer(running, channel, new.pop())
+    finally:
+        await running.stop(0)
+
+
 # ---------------------------------------------------------------------------------------------
 # a bare HTTP/2 client, for frames a grpc client refuses to send (issue 9)
 

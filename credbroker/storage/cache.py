@@ -21,6 +21,7 @@ from cachetools import TTLCache
 from credbroker.domain.events import ConnectionEventType
 from credbroker.domain.models import (
     Connection,
+    Integration,
     SecretKeyRecord,
     VerificationRecord,
     VerificationState,
@@ -28,6 +29,7 @@ from credbroker.domain.models import (
 from credbroker.domain.ports import (
     ConnectionChanges,
     ConnectionRepository,
+    IntegrationRepository,
     NewConnection,
     SecretKeyRepository,
     StoredConnection,
@@ -196,11 +198,18 @@ class CachingConnectionRepository:
         if parts[0] == "c" and len(parts) == 4:
             self._cache.forget((parts[1], parts[2], parts[3]))
         elif parts[0] == "i" and len(parts) == 3:
-            # An integration's config feeds every cached connection of it.
-            self._cache.forget_where(lambda key: key[0] == parts[1] and key[1] == parts[2])
+            self._forget_integration(parts[1], parts[2])
 
     def _forget(self, environment_id: UUID, integration_id: str, connection_id: str) -> None:
         self._cache.forget((str(environment_id), integration_id, connection_id))
+
+    def _forget_integration(self, environment_id: str, integration_id: str) -> None:
+        # An integration's config feeds every cached connection of it.
+        self._cache.forget_where(lambda key: key[0] == environment_id and key[1] == integration_id)
+
+    def forget_integration(self, environment_id: UUID, integration_id: str) -> None:
+        """Drops every cached connection of an integration this process changed or deleted."""
+        self._forget_integration(str(environment_id), integration_id)
 
     async def get_with_secrets(
         self, environment_id: UUID, integration_id: str, connection_id: str
@@ -296,3 +305,48 @@ class CachingConnectionRepository:
 
     async def record_fetches(self, fetched: Mapping[UUID, datetime]) -> None:
         await self._inner.record_fetches(fetched)
+
+
+class InvalidatingIntegrationRepository:
+    """Integration writes of this process drop the integration's cached connections in the
+    write path (the announcement tells the other processes), so the next call this process
+    serves sees the new config, or that the integration and its connections are gone."""
+
+    def __init__(self, inner: IntegrationRepository, connections: CachingConnectionRepository):
+        self._inner = inner
+        self._connections = connections
+
+    async def create(self, integration: Integration) -> Integration:
+        return await self._inner.create(integration)
+
+    async def get(self, environment_id: UUID, integration_id: str) -> Integration | None:
+        return await self._inner.get(environment_id, integration_id)
+
+    async def list(
+        self, environment_id: UUID, *, after: str | None, limit: int
+    ) -> list[Integration]:
+        return await self._inner.list(environment_id, after=after, limit=limit)
+
+    async def update(
+        self,
+        environment_id: UUID,
+        integration_id: str,
+        *,
+        display_name: str | None,
+        integration_config: Mapping[str, str] | None,
+    ) -> Integration | None:
+        try:
+            return await self._inner.update(
+                environment_id,
+                integration_id,
+                display_name=display_name,
+                integration_config=integration_config,
+            )
+        finally:
+            self._connections.forget_integration(environment_id, integration_id)
+
+    async def delete(self, environment_id: UUID, integration_id: str, *, force: bool) -> bool:
+        try:
+            return await self._inner.delete(environment_id, integration_id, force=force)
+        finally:
+            self._connections.forget_integration(environment_id, integration_id)

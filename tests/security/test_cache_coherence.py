@@ -194,3 +194,25 @@ async def test_caches_can_be_turned_off(settings_factory: Any, keyring: Any) -> 
     finally:
         await running.stop(0)
         await backend.close()
+
+
+async def test_integration_writes_of_the_serving_process_take_effect_on_the_next_call(
+    stalled_listener_server: Any, tenant: Any
+) -> None:
+    """Deleting an integration (with its connections) through the server that serves the next
+    call drops its cached connections in the write path: the next AccessCredentials is
+    NOT_FOUND without waiting for the announcement, which cannot arrive here."""
+    channel = stalled_listener_server.channel
+    integrations: Any = igrpc.IntegrationServiceStub(channel)
+    connections: Any = cgrpc.ConnectionServiceStub(channel)
+    await _seed(tenant, "sk-1")
+    reply = await connections.AccessCredentials(ACCESS, metadata=tenant.metadata)
+    assert reply.credentials.api_key.api_key == "sk-1"  # cached now
+    async with stalled_listener_server.announcements_stalled():
+        await integrations.DeleteIntegration(
+            ipb.DeleteIntegrationRequest(integration_id="openai", force=True),
+            metadata=tenant.metadata,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await connections.AccessCredentials(ACCESS, metadata=tenant.metadata)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND

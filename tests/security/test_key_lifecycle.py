@@ -7,8 +7,6 @@ the caller."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import statistics
 import time
 import uuid
@@ -29,7 +27,6 @@ from credbroker.domain import secret_keys
 from credbroker.domain.errors import FailedPreconditionError, NotFoundError
 from credbroker.domain.keys import KeyService
 from credbroker.domain.models import ALL_SCOPES, Scope
-from credbroker.storage.changes import ChangeListener
 from credbroker.v1 import integration_service_pb2 as ipb
 from credbroker.v1 import integration_service_pb2_grpc as igrpc
 from credbroker.v1 import resources_pb2 as rpb
@@ -158,48 +155,19 @@ async def test_lifecycle_revoked_key_is_rejected_on_a_warm_connection(
 
 
 async def test_lifecycle_revocation_by_the_serving_process_takes_effect_on_the_next_call(
-    settings_factory: Callable[..., Settings],
-    backend: Any,
-    keyring: Any,
-    tenant: Any,
-    monkeypatch: pytest.MonkeyPatch,
+    stalled_listener_server: Any, tenant: Any
 ) -> None:
     """A revocation made by the server's own process (its KeyService) drops the cached key in
-    the write path, so the very next call is refused without waiting for the announcement. To
-    prove it the announcement cannot help: the listener's database backend is stopped
-    (SIGSTOP) and the listener trusts its caches for 30 s without an answer."""
-    monkeypatch.setattr(
-        credbroker.app,
-        "ChangeListener",
-        lambda dsn: ChangeListener(dsn, liveness_seconds=30.0),
-    )
-    async with own_server(settings_factory, backend, keyring) as (running, channel):
-        assert running.listener is not None
-        token, record = await running.keys.create_key(tenant.environment)
-        for _ in range(3):
-            assert await call(channel, bearer(token)) == grpc.StatusCode.OK
-        assert running.keys.authenticate_cached(token) is not None, "the key is cached"
-        listener_pid = await newest_listener_backend(backend)
-        os.kill(listener_pid, signal.SIGSTOP)
-        try:
-            await running.keys.revoke_key(record.key_id)
-            code = await call(channel, bearer(token))
-        finally:
-            os.kill(listener_pid, signal.SIGCONT)
-        assert running.listener.healthy, "the caches were bypassed: the test proves nothing"
-        assert code == grpc.StatusCode.UNAUTHENTICATED
-
-
-async def newest_listener_backend(backend: Any) -> int:
-    """The pid of the most recently started change-listener backend of the test database (the
-    server just started; the session's own server listens on it too)."""
-    pid = await backend.db.fetchval(
-        """SELECT pid FROM pg_stat_activity
-           WHERE datname = current_database() AND application_name = 'credbroker-listener'
-           ORDER BY backend_start DESC LIMIT 1"""
-    )
-    assert isinstance(pid, int), "no change-listener backend"
-    return pid
+    the write path, so the very next call is refused without waiting for the announcement,
+    which cannot arrive here (the listener's backend is stopped)."""
+    running, channel = stalled_listener_server.running, stalled_listener_server.channel
+    token, record = await running.keys.create_key(tenant.environment)
+    for _ in range(3):
+        assert await call(channel, bearer(token)) == grpc.StatusCode.OK
+    assert running.keys.authenticate_cached(token) is not None, "the key is cached"
+    async with stalled_listener_server.announcements_stalled():
+        await running.keys.revoke_key(record.key_id)
+        assert await call(channel, bearer(token)) == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_lifecycle_expired_key_is_rejected(
