@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from credbroker.crypto import Keyring, generate_keyring
 
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0  # a loaded 2-core machine took more than 15 s to start serve
 
 
 def _port_open(port: int) -> bool:

@@ -34,7 +34,7 @@ from credbroker.v1 import integration_service_pb2_grpc as igrpc
 from credbroker.v1 import resources_pb2 as rpb
 
 EXECUTABLE = Path(sys.executable).parent / "credbroker"
-START_TIMEOUT = 30.0
+START_TIMEOUT = 60.0  # a loaded 2-core machine took more than 15 s to start serve
 READ_TIMEOUT = 15.0
 
 
