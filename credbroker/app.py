@@ -402,6 +402,7 @@ async def start_server(
         public_url=settings.public_url or "",
         allowed_origins=settings.connect_origins(),
         max_attempts=settings.connect_max_attempts,
+        call_deadline=timedelta(seconds=settings.rpc_timeout),
     )
     auth_limiter = FailedAuthLimiter(
         FailureBudget(settings.auth_failures_per_second, settings.auth_failure_burst)
