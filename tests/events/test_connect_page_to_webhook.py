@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import socket
 import statistics
+import threading
 import time
 import uuid
 from collections import Counter
@@ -28,6 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import asyncpg
 import grpc
 import httpx
 import pytest
@@ -54,6 +56,7 @@ from .conftest import (
     webhook_environment,
     webhooks_stub,
 )
+from .receiver import Received, Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -79,6 +82,11 @@ async def browser() -> AsyncIterator[Any]:
             yield launched
         finally:
             await launched.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def latency_report() -> Iterator[None]:
+    yield
     for kind, values in LATENCIES.items():
         if values:
             print(
@@ -161,7 +169,7 @@ class Stage:
     servers: Servers
     env: dict[str, str]
     account: Account
-    receiver: Any
+    receiver: Receiver
     provider: StandInProvider
     context: Any
     watcher: Watcher
@@ -212,17 +220,19 @@ class Stage:
         await self.watcher.open(self.channel)
         return server
 
-    async def link(self, path: str = "/connect/sessions", **body: Any) -> str:
+    async def session(self, path: str = "/connect/sessions", **body: Any) -> dict[str, str]:
+        """The backend's side: a connect session (``connect_link``, ``session_id``, ...)."""
         assert self.server is not None
         async with httpx.AsyncClient(base_url=self.server.http_url) as http:
             response = await http.post(
                 path, json=body, headers={"authorization": f"Bearer {self.account.key}"}
             )
         assert response.status_code == 201, response.text
-        return str(response.json()["data"]["connect_link"])
+        data: dict[str, str] = response.json()["data"]
+        return data
 
-    async def session_link(self, user: str) -> str:
-        return await self.link(
+    async def session_for(self, user: str) -> dict[str, str]:
+        return await self.session(
             end_user={"id": user, "email": f"{user}@example.com", "display_name": user.title()},
             organization={"id": "org-7", "display_name": "Org Seven"},
             tags={"team": "core"},
@@ -239,16 +249,52 @@ class Stage:
     async def submit(self, page: Any, api_key: str, button: str = "Connect") -> Submitted:
         """Fills in the key and submits; returns when the page shows success."""
         await page.get_by_label("API key").fill(api_key)
-        async with page.expect_response(lambda r: "/api-auth/api-key/" in r.url) as answer:
-            await page.get_by_role("button", name=button).click()
-        response = await answer.value
-        await response.finished()
-        done = time.time()
+        response, done = await self.press(page, button)
         assert response.status == 200, await response.text()
         await page.get_by_text("is connected").wait_for()
         return Submitted(str((await response.json())["connectionId"]), done)
 
-    async def delivered(self, event_type: str, connection_id: str) -> list[Any]:
+    async def connect(self, user: str, api_key: str) -> Submitted:
+        """The end user connects with a new session's link."""
+        page = await self.open_page((await self.session_for(user))["connect_link"])
+        submitted = await self.submit(page, api_key)
+        await page.close()
+        return submitted
+
+    async def reconnect(self, connection_id: str, api_key: str) -> Submitted:
+        """The end user replaces the connection's key with a reconnect session's link."""
+        session = await self.session(
+            "/connect/sessions/reconnect",
+            integration_id=self.integration_id,
+            connection_id=connection_id,
+        )
+        page = await self.open_page(session["connect_link"])
+        await page.get_by_role("heading", name="Update your Stand-in API credentials").wait_for()
+        submitted = await self.submit(page, api_key, button="Update")
+        await page.close()
+        assert submitted.connection_id == connection_id
+        return submitted
+
+    @staticmethod
+    async def press(page: Any, button: str = "Connect") -> tuple[Any, float]:
+        """Clicks the submit button; the submit's response and when it completed."""
+        async with page.expect_response(lambda r: "/api-auth/api-key/" in r.url) as answer:
+            await page.get_by_role("button", name=button).click()
+        response = await answer.value
+        await response.finished()
+        return response, time.time()
+
+    async def press_while_claimed(self, page: Any, within: float) -> tuple[Any, float]:
+        """What an end user does after an error: press again. A submission that a crash cut
+        short still claims the session (409) until its lease ends: press until it does not."""
+        deadline = time.monotonic() + within
+        while True:
+            response, done = await self.press(page)
+            if response.status != 409 or time.monotonic() > deadline:
+                return response, done
+            await asyncio.sleep(0.25)
+
+    def delivered(self, event_type: str, connection_id: str) -> list[Received]:
         """Answered (200) deliveries of this event type for the connection."""
         return [
             r
@@ -258,26 +304,36 @@ class Stage:
             and r.json["connectionId"] == connection_id
         ]
 
-    async def wait_delivered(self, event_type: str, connection_id: str, within: float) -> Any:
+    async def wait_delivered(self, event_type: str, connection_id: str, within: float) -> Received:
         async def arrived() -> bool:
-            return bool(await self.delivered(event_type, connection_id))
+            return bool(self.delivered(event_type, connection_id))
 
         assert await wait_until(arrived, within=within), (
             f"no {event_type} for {connection_id}: {[r.json for r in self.receiver.received]}"
         )
-        (first, *_) = await self.delivered(event_type, connection_id)
+        (first, *_) = self.delivered(event_type, connection_id)
         return first
 
-    async def wait_watched(self, event_id: str, within: float) -> float:
+    async def wait_watched(
+        self, within: float, *, event_id: str = "", connection_id: str = ""
+    ) -> tuple[float, epb.ConnectionEvent]:
+        """The first event the Watch got with this id (or of this connection, or at all), and
+        when it arrived."""
+
+        def matching() -> list[tuple[float, epb.ConnectionEvent]]:
+            return [
+                (t, e)
+                for t, e in self.watcher.events
+                if event_id in ("", e.event_id) and connection_id in ("", e.connection_id)
+            ]
+
         async def seen() -> bool:
-            return self.watcher.arrival(event_id) is not None
+            return bool(matching())
 
         assert await wait_until(seen, within=within, interval=0.01), (
-            f"Watch did not get {event_id}: {[e.event_id for _, e in self.watcher.events]}"
+            f"Watch did not get {event_id or connection_id}: {watched_ids(self)}"
         )
-        arrival = self.watcher.arrival(event_id)
-        assert arrival is not None
-        return arrival
+        return matching()[0]
 
     async def deliveries(self) -> list[Any]:
         response = await webhooks_stub(self.account).ListWebhookDeliveries(
@@ -312,7 +368,7 @@ def http_listen() -> str:
 async def stage(
     servers: Servers,
     account: Account,
-    receiver: Any,
+    receiver: Receiver,
     provider: StandInProvider,
     browser: Any,
     events_backend: Any,
@@ -327,8 +383,9 @@ async def stage(
         pki,
         http_listen=http_listen,
         verify_credentials="true",
-        verify_timeout=5,
+        verify_timeout=3,
         webhook_timeout=2,  # a held attempt's lease: 2 s + 5 s
+        rpc_timeout=4,  # a submission cut short by a crash claims its session 4 s + 5 s
     )
     token, _ = await key_service(events_backend).create_key(
         account.environment, frozenset({Scope.CONNECTIONS_READ})
@@ -359,7 +416,7 @@ def _hmac(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
-def check_signed(received: Any, secret: str) -> None:
+def check_signed(received: Received, secret: str) -> None:
     headers = received.headers
     assert headers["content-type"] == "application/json"
     assert hmac.compare_digest(headers["x-nango-hmac-sha256"], _hmac(secret, received.body))
@@ -371,7 +428,13 @@ def check_signed(received: Any, secret: str) -> None:
 
 
 def check_body(
-    stage: Stage, received: Any, user: str, connection_id: str, *, event_type: str, operation: str
+    stage: Stage,
+    received: Received,
+    user: str,
+    connection_id: str,
+    *,
+    event_type: str,
+    operation: str,
 ) -> None:
     """The reference auth-webhook shape, the end user of the session, no secret."""
     tags = {
@@ -406,7 +469,9 @@ def check_body(
     assert b"sk-" not in received.body
 
 
-def check_watched(event: epb.ConnectionEvent, user: str, connection_id: str, event_type: str) -> None:
+def check_watched(
+    event: epb.ConnectionEvent, user: str, connection_id: str, event_type: str
+) -> None:
     assert event.event_type == event_type
     assert event.connection_id == connection_id and event.provider == "api-key"
     assert event.end_user.id == user and event.end_user.email == f"{user}@example.com"
@@ -419,7 +484,9 @@ def record_latency(label: str, submitted: Submitted, hooked: float, watched: flo
     to_hook, to_watch = hooked - submitted.done, watched - submitted.done
     LATENCIES["webhook"].append(to_hook)
     LATENCIES["watch"].append(to_watch)
-    print(f"{label}: page submit -> webhook {to_hook * 1000:.0f} ms, -> Watch {to_watch * 1000:.0f} ms")
+    print(
+        f"{label}: page submit -> webhook {to_hook * 1000:.0f} ms, Watch {to_watch * 1000:.0f} ms"
+    )
     assert to_hook < BAR and to_watch < BAR, (label, to_hook, to_watch)
 
 
@@ -439,9 +506,7 @@ async def test_page_connections_reach_the_webhook_and_watch_within_a_second(
         user = f"ada-{run}"
         key = f"sk-page-{run}-{uuid.uuid4().hex[:8]}"
         stage.provider.accept(key)
-        page = await stage.open_page(await stage.session_link(user))
-        submitted = await stage.submit(page, key)
-        await page.close()
+        submitted = await stage.connect(user, key)
         hooked = await stage.wait_delivered("connection.created", submitted.connection_id, 5)
         check_body(
             stage,
@@ -451,8 +516,7 @@ async def test_page_connections_reach_the_webhook_and_watch_within_a_second(
             event_type="connection.created",
             operation="creation",
         )
-        watched = await stage.wait_watched(hooked.event_id, 5)
-        (event,) = [e for _, e in stage.watcher.events if e.event_id == hooked.event_id]
+        watched, event = await stage.wait_watched(5, event_id=hooked.event_id)
         check_watched(event, user, submitted.connection_id, "connection.created")
         record_latency(f"run {run}", submitted, hooked.time, watched)
         assert stage.provider.arrivals(key) == 1  # verified once, with the stand-in provider
@@ -466,24 +530,10 @@ async def test_reconnect_on_the_page_sends_credentials_replaced(stage: Stage) ->
     first_key, new_key = f"sk-old-{uuid.uuid4().hex[:8]}", f"sk-new-{uuid.uuid4().hex[:8]}"
     stage.provider.accept(first_key)
     stage.provider.accept(new_key)
-    page = await stage.open_page(await stage.session_link("grace"))
-    created = await stage.submit(page, first_key)
-    await page.close()
+    created = await stage.connect("grace", first_key)
     creation = await stage.wait_delivered("connection.created", created.connection_id, 5)
-
-    link = await stage.link(
-        "/connect/sessions/reconnect",
-        integration_id=stage.integration_id,
-        connection_id=created.connection_id,
-    )
-    page = await stage.open_page(link)
-    await page.get_by_role("heading", name="Update your Stand-in API credentials").wait_for()
-    replaced = await stage.submit(page, new_key, button="Update")
-    await page.close()
-    assert replaced.connection_id == created.connection_id
-    hooked = await stage.wait_delivered(
-        "connection.credentials_replaced", created.connection_id, 5
-    )
+    replaced = await stage.reconnect(created.connection_id, new_key)
+    hooked = await stage.wait_delivered("connection.credentials_replaced", created.connection_id, 5)
     check_body(
         stage,
         hooked,
@@ -492,8 +542,183 @@ async def test_reconnect_on_the_page_sends_credentials_replaced(stage: Stage) ->
         event_type="connection.credentials_replaced",
         operation="override",
     )
-    watched = await stage.wait_watched(hooked.event_id, 5)
+    watched, event = await stage.wait_watched(5, event_id=hooked.event_id)
     record_latency("reconnect", replaced, hooked.time, watched)
     assert watched_ids(stage) == [creation.event_id, hooked.event_id]
-    (event,) = [e for _, e in stage.watcher.events if e.event_id == hooked.event_id]
     check_watched(event, "grace", created.connection_id, "connection.credentials_replaced")
+    assert stage.provider.arrivals(new_key) == 1
+
+
+async def test_kill_9_during_the_provider_check_then_the_end_user_tries_again(
+    stage: Stage,
+) -> None:
+    """Nothing is committed yet: no event, no connection. The end user presses Connect again
+    on the restarted server; the event then reaches the receiver and the Watch resumed with
+    the token it had before the crash, once."""
+    key = f"sk-crash-{uuid.uuid4().hex[:8]}"
+    stage.provider.accept(key)
+    stage.provider.hold(key)
+    page = await stage.open_page((await stage.session_for("lin"))["connect_link"])
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Connect").click()
+
+    async def checking() -> bool:
+        return stage.provider.arrivals(key) == 1
+
+    assert await wait_until(checking, within=READ_TIMEOUT)
+    await stage.crash_and_restart()
+    stage.provider.release()
+    await page.locator("#form-message[data-error-code=network]").wait_for()
+    assert await stage.connections() == []
+    assert stage.receiver.arrivals == 0 and stage.watcher.events == []
+
+    response, done = await stage.press_while_claimed(page, within=20)
+    assert response.status == 200, await response.text()
+    await page.get_by_text("is connected").wait_for()
+    submitted = Submitted(str((await response.json())["connectionId"]), done)
+    hooked = await stage.wait_delivered("connection.created", submitted.connection_id, 5)
+    check_body(
+        stage,
+        hooked,
+        "lin",
+        submitted.connection_id,
+        event_type="connection.created",
+        operation="creation",
+    )
+    watched, event = await stage.wait_watched(5, event_id=hooked.event_id)
+    check_watched(event, "lin", submitted.connection_id, "connection.created")
+    record_latency("after a crash during the provider check", submitted, hooked.time, watched)
+    assert watched_ids(stage) == [hooked.event_id]
+    assert stage.provider.arrivals(key) == 2
+    assert [c.connection_id for c in await stage.connections()] == [submitted.connection_id]
+
+
+async def test_kill_9_after_the_commit_before_the_page_got_its_answer(
+    stage: Stage, events_database_url: str
+) -> None:
+    """The connection and its event are committed, then the server dies before it answers
+    the page (a test transaction holds the session's row, so the server's consume waits; the
+    receiver fails every attempt until after the restart). The event arrives after the
+    restart, with the id the Watch saw; the end user who presses again learns the link was
+    used."""
+    healthy = threading.Event()
+    stage.receiver.behave(lambda path, body: (200 if healthy.is_set() else 503, 0.0))
+    key = f"sk-commit-{uuid.uuid4().hex[:8]}"
+    stage.provider.accept(key)
+    stage.provider.hold(key)
+    session = await stage.session_for("mae")
+    page = await stage.open_page(session["connect_link"])
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Connect").click()
+
+    async def checking() -> bool:
+        return stage.provider.arrivals(key) == 1
+
+    assert await wait_until(checking, within=READ_TIMEOUT)  # the session is claimed
+    blocker = await asyncpg.connect(events_database_url)
+    try:
+        locked = blocker.transaction()
+        await locked.start()
+        await blocker.execute(
+            "SELECT 1 FROM connect_sessions WHERE id = $1 FOR UPDATE",
+            uuid.UUID(session["session_id"]),
+        )
+        stage.provider.release()
+
+        _, event = await stage.wait_watched(READ_TIMEOUT)  # committed
+        check_watched(event, "mae", event.connection_id, "connection.created")
+        assert await page.get_by_text("is connected").count() == 0  # no answer yet
+        await stage.crash_and_restart()
+        await locked.rollback()
+    finally:
+        await blocker.close()
+    await page.locator("#form-message[data-error-code=network]").wait_for()
+    assert all(r.status == 503 for r in stage.receiver.received)
+    healthy.set()
+    hooked = await stage.wait_delivered("connection.created", event.connection_id, 15)
+    assert hooked.event_id == event.event_id
+    check_body(
+        stage,
+        hooked,
+        "mae",
+        event.connection_id,
+        event_type="connection.created",
+        operation="creation",
+    )
+    assert {r.event_id for r in stage.receiver.received} == {event.event_id}
+    assert await wait_until(lambda: stage.all_delivered(1), within=5)
+    (delivery,) = await stage.deliveries()
+    outcomes = [a.outcome for a in delivery.attempts]
+    assert outcomes[-1] == wpb.WebhookAttempt.OUTCOME_SUCCEEDED
+    assert wpb.WebhookAttempt.OUTCOME_SUCCEEDED not in outcomes[:-1]
+    (connection,) = await stage.connections()
+    assert connection.connection_id == event.connection_id
+    assert connection.end_user.id == "mae"
+    assert connection.verification.state == rpb.Verification.VERIFIED
+
+    response, _ = await stage.press_while_claimed(page, within=20)
+    assert response.status == 401
+    assert (await response.json())["error"]["code"] == "connect_session_consumed"
+    await page.locator("[data-error-code=connect_session_consumed]").wait_for()
+    assert watched_ids(stage) == [event.event_id]  # the resumed Watch: no repeat
+
+
+async def test_kill_9_after_the_page_reported_success_while_the_first_attempt_is_held(
+    stage: Stage,
+) -> None:
+    """The page shows success and the Watch has the event; the receiver holds the first
+    attempt and the server dies mid-attempt. The restarted server sends the same event again
+    once the attempt's lease ends; the Watch resumed with its last token gets the next event
+    (a reconnect on the restarted server) and nothing twice."""
+    attempts: Counter[str] = Counter()
+
+    def hold_the_first(path: str, body: Any) -> tuple[int, float]:
+        attempts[body["event_id"]] += 1
+        return 200, (60.0 if attempts[body["event_id"]] == 1 else 0.0)
+
+    stage.receiver.behave(hold_the_first)
+    key, new_key = f"sk-held-{uuid.uuid4().hex[:8]}", f"sk-after-{uuid.uuid4().hex[:8]}"
+    stage.provider.accept(key)
+    stage.provider.accept(new_key)
+    submitted = await stage.connect("noor", key)
+    watched_at, event = await stage.wait_watched(5, connection_id=submitted.connection_id)
+    assert watched_at - submitted.done < BAR
+
+    async def held() -> bool:
+        return stage.receiver.arrivals == 1
+
+    assert await wait_until(held, within=5)
+    assert stage.receiver.received == []  # the only attempt is still being held
+    await stage.crash_and_restart()
+    stage.receiver.release()  # its answer goes to a dead process
+
+    async def sent_again() -> bool:
+        return len(stage.receiver.received) == 2
+
+    # The held attempt, answered after the crash, and the new one once its lease (2 + 5 s) ended.
+    assert await wait_until(sent_again, within=15)
+    assert attempts == {event.event_id: 2}
+    hooked = stage.receiver.received[-1]
+    assert hooked.event_id == event.event_id
+    assert await wait_until(lambda: stage.all_delivered(1), within=5)
+    check_body(
+        stage,
+        hooked,
+        "noor",
+        submitted.connection_id,
+        event_type="connection.created",
+        operation="creation",
+    )
+    (delivery,) = await stage.deliveries()
+    assert [a.outcome for a in delivery.attempts] == [
+        wpb.WebhookAttempt.OUTCOME_ABANDONED,
+        wpb.WebhookAttempt.OUTCOME_SUCCEEDED,
+    ]
+
+    replaced = await stage.reconnect(submitted.connection_id, new_key)
+    hooked = await stage.wait_delivered(
+        "connection.credentials_replaced", submitted.connection_id, 5
+    )
+    watched, _ = await stage.wait_watched(5, event_id=hooked.event_id)
+    record_latency("reconnect after a crash", replaced, hooked.time, watched)
+    assert watched_ids(stage) == [event.event_id, hooked.event_id]
