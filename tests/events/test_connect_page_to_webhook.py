@@ -63,6 +63,11 @@ pytestmark = pytest.mark.slow
 BAR = 1.0  # seconds from the page's submit completing to the webhook and to the Watch stream
 PAGE_TIMEOUT_MS = 15_000
 LATENCIES: dict[str, list[float]] = {"webhook": [], "watch": []}
+# When the page received the whole answer to its last request to this URL, in Unix ms.
+SUBMIT_DONE = """url => {
+  const entry = performance.getEntriesByName(url, "resource").pop();
+  return entry ? performance.timeOrigin + entry.responseEnd : null;
+}"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -142,8 +147,30 @@ class Watcher:
         except grpc.aio.AioRpcError as error:
             self.error = error
 
-    def arrival(self, event_id: str) -> float | None:
-        return next((t for t, e in self.events if e.event_id == event_id), None)
+    @property
+    def ids(self) -> list[str]:
+        return [e.event_id for _, e in self.events]
+
+    async def wait(
+        self, within: float, *, event_id: str = "", connection_id: str = ""
+    ) -> tuple[float, epb.ConnectionEvent]:
+        """The first event received with this id (or of this connection, or at all), and when
+        it arrived."""
+
+        def matching() -> list[tuple[float, epb.ConnectionEvent]]:
+            return [
+                (t, e)
+                for t, e in self.events
+                if event_id in ("", e.event_id) and connection_id in ("", e.connection_id)
+            ]
+
+        async def seen() -> bool:
+            return bool(matching())
+
+        assert await wait_until(seen, within=within, interval=0.01), (
+            f"Watch did not get {event_id or connection_id or 'an event'}: {self.ids}"
+        )
+        return matching()[0]
 
     async def ended(self) -> bool:
         return self._task is not None and self._task.done()
@@ -158,7 +185,7 @@ class Watcher:
 @dataclass
 class Submitted:
     connection_id: str
-    done: float  # time.time() when the page's submit request completed
+    done: float  # Unix time when the page had the whole answer to its submit
 
 
 @dataclass
@@ -208,17 +235,19 @@ class Stage:
         self.endpoint_id, self.secret = await create_endpoint(self.account, self.receiver.url())
         await self.watcher.open(self.channel)
 
-    async def crash_and_restart(self) -> ServerProcess:
-        """kill -9, the Watch stream sees the server go, a new server on the same database and
-        HTTP port, the Watch resumed with its last token."""
+    async def crash(self) -> None:
+        """kill -9; the Watch stream sees the server go."""
         assert self.server is not None
         self.server.kill9()
         assert await wait_until(self.watcher.ended, within=READ_TIMEOUT)
         assert self.watcher.error is not None
         assert self.watcher.error.code() == grpc.StatusCode.UNAVAILABLE
-        server = await self.start()
+
+    async def restart(self) -> None:
+        """A new server on the same database and HTTP port; the Watch resumed with its last
+        resume token."""
+        await self.start()
         await self.watcher.open(self.channel)
-        return server
 
     async def session(self, path: str = "/connect/sessions", **body: Any) -> dict[str, str]:
         """The backend's side: a connect session (``connect_link``, ``session_id``, ...)."""
@@ -277,12 +306,15 @@ class Stage:
 
     @staticmethod
     async def press(page: Any, button: str = "Connect") -> tuple[Any, float]:
-        """Clicks the submit button; the submit's response and when it completed."""
+        """Clicks the submit button; the submit's response and when the page had all of it
+        (the browser's own resource timing, on the machine's clock like the receiver's)."""
         async with page.expect_response(lambda r: "/api-auth/api-key/" in r.url) as answer:
             await page.get_by_role("button", name=button).click()
         response = await answer.value
         await response.finished()
-        return response, time.time()
+        done = await page.evaluate(SUBMIT_DONE, response.url)
+        assert done is not None, "no resource timing entry for the submit"
+        return response, float(done) / 1000
 
     async def press_while_claimed(self, page: Any, within: float) -> tuple[Any, float]:
         """What an end user does after an error: press again. A submission that a crash cut
@@ -313,27 +345,6 @@ class Stage:
         )
         (first, *_) = self.delivered(event_type, connection_id)
         return first
-
-    async def wait_watched(
-        self, within: float, *, event_id: str = "", connection_id: str = ""
-    ) -> tuple[float, epb.ConnectionEvent]:
-        """The first event the Watch got with this id (or of this connection, or at all), and
-        when it arrived."""
-
-        def matching() -> list[tuple[float, epb.ConnectionEvent]]:
-            return [
-                (t, e)
-                for t, e in self.watcher.events
-                if event_id in ("", e.event_id) and connection_id in ("", e.connection_id)
-            ]
-
-        async def seen() -> bool:
-            return bool(matching())
-
-        assert await wait_until(seen, within=within, interval=0.01), (
-            f"Watch did not get {event_id or connection_id}: {watched_ids(self)}"
-        )
-        return matching()[0]
 
     async def deliveries(self) -> list[Any]:
         response = await webhooks_stub(self.account).ListWebhookDeliveries(
@@ -490,10 +501,6 @@ def record_latency(label: str, submitted: Submitted, hooked: float, watched: flo
     assert to_hook < BAR and to_watch < BAR, (label, to_hook, to_watch)
 
 
-def watched_ids(stage: Stage) -> list[str]:
-    return [e.event_id for _, e in stage.watcher.events]
-
-
 # ---------------------------------------------------------------------------------------------
 # tests
 
@@ -516,14 +523,14 @@ async def test_page_connections_reach_the_webhook_and_watch_within_a_second(
             event_type="connection.created",
             operation="creation",
         )
-        watched, event = await stage.wait_watched(5, event_id=hooked.event_id)
+        watched, event = await stage.watcher.wait(5, event_id=hooked.event_id)
         check_watched(event, user, submitted.connection_id, "connection.created")
         record_latency(f"run {run}", submitted, hooked.time, watched)
         assert stage.provider.arrivals(key) == 1  # verified once, with the stand-in provider
     assert await wait_until(lambda: stage.all_delivered(runs), within=5)
     assert all(len(d.attempts) == 1 for d in await stage.deliveries())
     assert len(stage.receiver.received) == runs  # no duplicate without a failed attempt
-    assert len(watched_ids(stage)) == runs == len(set(watched_ids(stage)))
+    assert len(stage.watcher.ids) == runs == len(set(stage.watcher.ids))
 
 
 async def test_reconnect_on_the_page_sends_credentials_replaced(stage: Stage) -> None:
@@ -542,9 +549,9 @@ async def test_reconnect_on_the_page_sends_credentials_replaced(stage: Stage) ->
         event_type="connection.credentials_replaced",
         operation="override",
     )
-    watched, event = await stage.wait_watched(5, event_id=hooked.event_id)
+    watched, event = await stage.watcher.wait(5, event_id=hooked.event_id)
     record_latency("reconnect", replaced, hooked.time, watched)
-    assert watched_ids(stage) == [creation.event_id, hooked.event_id]
+    assert stage.watcher.ids == [creation.event_id, hooked.event_id]
     check_watched(event, "grace", created.connection_id, "connection.credentials_replaced")
     assert stage.provider.arrivals(new_key) == 1
 
@@ -566,9 +573,11 @@ async def test_kill_9_during_the_provider_check_then_the_end_user_tries_again(
         return stage.provider.arrivals(key) == 1
 
     assert await wait_until(checking, within=READ_TIMEOUT)
-    await stage.crash_and_restart()
-    stage.provider.release()
+    token_before = stage.watcher.token
+    await stage.crash()
     await page.locator("#form-message[data-error-code=network]").wait_for()
+    stage.provider.release()  # its answer goes to a dead process
+    await stage.restart()
     assert await stage.connections() == []
     assert stage.receiver.arrivals == 0 and stage.watcher.events == []
 
@@ -585,12 +594,20 @@ async def test_kill_9_during_the_provider_check_then_the_end_user_tries_again(
         event_type="connection.created",
         operation="creation",
     )
-    watched, event = await stage.wait_watched(5, event_id=hooked.event_id)
+    watched, event = await stage.watcher.wait(5, event_id=hooked.event_id)
     check_watched(event, "lin", submitted.connection_id, "connection.created")
     record_latency("after a crash during the provider check", submitted, hooked.time, watched)
-    assert watched_ids(stage) == [hooked.event_id]
+    assert stage.watcher.ids == [hooked.event_id]
     assert stage.provider.arrivals(key) == 2
     assert [c.connection_id for c in await stage.connections()] == [submitted.connection_id]
+    # A watcher that was away all along comes back with the token it had before the crash.
+    late = Watcher(stage.watcher.metadata, token=token_before)
+    await late.open(stage.channel)
+    try:
+        await late.wait(5)
+        assert late.ids == [hooked.event_id]
+    finally:
+        await late.close()
 
 
 async def test_kill_9_after_the_commit_before_the_page_got_its_answer(
@@ -625,14 +642,15 @@ async def test_kill_9_after_the_commit_before_the_page_got_its_answer(
         )
         stage.provider.release()
 
-        _, event = await stage.wait_watched(READ_TIMEOUT)  # committed
+        _, event = await stage.watcher.wait(READ_TIMEOUT)  # committed
         check_watched(event, "mae", event.connection_id, "connection.created")
         assert await page.get_by_text("is connected").count() == 0  # no answer yet
-        await stage.crash_and_restart()
+        await stage.crash()
         await locked.rollback()
     finally:
         await blocker.close()
     await page.locator("#form-message[data-error-code=network]").wait_for()
+    await stage.restart()
     assert all(r.status == 503 for r in stage.receiver.received)
     healthy.set()
     hooked = await stage.wait_delivered("connection.created", event.connection_id, 15)
@@ -660,7 +678,7 @@ async def test_kill_9_after_the_commit_before_the_page_got_its_answer(
     assert response.status == 401
     assert (await response.json())["error"]["code"] == "connect_session_consumed"
     await page.locator("[data-error-code=connect_session_consumed]").wait_for()
-    assert watched_ids(stage) == [event.event_id]  # the resumed Watch: no repeat
+    assert stage.watcher.ids == [event.event_id]  # the resumed Watch: no repeat
 
 
 async def test_kill_9_after_the_page_reported_success_while_the_first_attempt_is_held(
@@ -681,7 +699,7 @@ async def test_kill_9_after_the_page_reported_success_while_the_first_attempt_is
     stage.provider.accept(key)
     stage.provider.accept(new_key)
     submitted = await stage.connect("noor", key)
-    watched_at, event = await stage.wait_watched(5, connection_id=submitted.connection_id)
+    watched_at, event = await stage.watcher.wait(5, connection_id=submitted.connection_id)
     assert watched_at - submitted.done < BAR
 
     async def held() -> bool:
@@ -689,8 +707,9 @@ async def test_kill_9_after_the_page_reported_success_while_the_first_attempt_is
 
     assert await wait_until(held, within=5)
     assert stage.receiver.received == []  # the only attempt is still being held
-    await stage.crash_and_restart()
+    await stage.crash()
     stage.receiver.release()  # its answer goes to a dead process
+    await stage.restart()
 
     async def sent_again() -> bool:
         return len(stage.receiver.received) == 2
@@ -719,6 +738,6 @@ async def test_kill_9_after_the_page_reported_success_while_the_first_attempt_is
     hooked = await stage.wait_delivered(
         "connection.credentials_replaced", submitted.connection_id, 5
     )
-    watched, _ = await stage.wait_watched(5, event_id=hooked.event_id)
+    watched, _ = await stage.watcher.wait(5, event_id=hooked.event_id)
     record_latency("reconnect after a crash", replaced, hooked.time, watched)
-    assert watched_ids(stage) == [event.event_id, hooked.event_id]
+    assert stage.watcher.ids == [event.event_id, hooked.event_id]
