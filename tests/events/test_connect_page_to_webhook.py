@@ -10,6 +10,9 @@ survives ``kill -9`` of the server at each point between the submit and the deli
   transaction, so the server's consume waits), the receiver failing every attempt;
 * after the page reported success, the receiver holding the first attempt.
 
+A reconnect session's page sends ``connection.credentials_replaced`` (operation ``override``)
+the same way, before and after a crash.
+
 The HTTP port is fixed for the module (SO_REUSEADDR), so a page opened before a crash talks to
 the restarted server as an end user's would. Latencies are printed (``-s`` shows them).
 """
