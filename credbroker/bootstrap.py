@@ -14,6 +14,8 @@ from credbroker.crypto import (
     IntegrityError,
     Keyring,
     KeyringError,
+    MalformedBlobError,
+    UnknownKeyError,
     encryption_context,
     make_key_check,
     verify_key_check,
@@ -51,13 +53,24 @@ class BoundCipher:
             raise DataIntegrityError("stored ciphertext failed authentication") from None
 
     def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+        """Raises DataIntegrityError whose message says why (no data): the rewrap reports it
+        with the row, so nothing is logged here."""
         try:
             return self._cipher.rewrap(blob, encryption_context(purpose, *binding))
         except IntegrityError as exc:
-            log.error(
-                "ciphertext failed authentication during rewrap", purpose=purpose, error=str(exc)
-            )
-            raise DataIntegrityError("stored ciphertext failed authentication") from None
+            raise DataIntegrityError(unreadable_reason(exc)) from None
+
+
+def unreadable_reason(error: IntegrityError) -> str:
+    """Why a stored blob cannot be read, for an operator (ids only, never data)."""
+    if isinstance(error, UnknownKeyError):
+        return (
+            f"names master key {error.key_id}, which this keyring cannot use "
+            "(not in it, or below min_decryption_key_id)"
+        )
+    if isinstance(error, MalformedBlobError):
+        return "malformed (too short, or an unknown format or suite)"
+    return "fails authentication for this row and column (altered, or copied or moved here)"
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -76,9 +89,13 @@ def load_keyring(settings: Settings) -> Keyring:
         raise ConfigurationError(f"invalid keyring: {exc}") from None
 
 
-async def verify_master_keys(db: Database, keyring: Keyring) -> None:
+async def verify_master_keys(db: Database, keyring: Keyring, *, strict: bool = True) -> None:
     """Fails closed: a configured key whose bytes differ from the ones first used under its id, or
-    stored data under a key id the keyring lacks, stops the start (message names ids only)."""
+    stored data under a key id the keyring lacks, stops the start (message names ids only).
+
+    ``strict`` False (``keyring status`` and ``keyring rewrap``) checks the key bytes only: blobs
+    under a key id the keyring cannot decrypt are then reported one by one as unreadable rather
+    than stopping the command, and no new key id is registered."""
     repository = PostgresMasterKeyRepository(db)
     checks = await repository.check_blobs()
     for key_id, key in sorted(keyring.keys.items()):
@@ -89,17 +106,28 @@ async def verify_master_keys(db: Database, keyring: Keyring) -> None:
             )
     in_use = await repository.key_ids_in_use()
     missing = sorted(in_use - set(keyring.keys))
+    too_old = sorted(k for k in in_use if k < keyring.min_decryption_key_id)
+    if not strict:
+        if not missing and not too_old:
+            await _register_new_keys(repository, keyring, checks)
+        return
     if missing:
         raise StartupError(
-            f"stored data is encrypted under master key(s) {missing} missing from the keyring"
+            f"stored data is encrypted under master key(s) {missing} missing from the keyring "
+            "(`credbroker keyring status` names the rows)"
         )
-    too_old = sorted(k for k in in_use if k < keyring.min_decryption_key_id)
     if too_old:
         raise StartupError(
             f"stored data uses master key(s) {too_old} below min_decryption_key_id "
             f"{keyring.min_decryption_key_id}; finish `credbroker keyring rewrap` first"
         )
-    # Only a keyring that passed every check registers its new key ids.
+    await _register_new_keys(repository, keyring, checks)
+
+
+async def _register_new_keys(
+    repository: PostgresMasterKeyRepository, keyring: Keyring, checks: dict[int, bytes]
+) -> None:
+    """Only a keyring that passed every check registers its new key ids."""
     for key_id, key in sorted(keyring.keys.items()):
         if key_id not in checks:
             await repository.add_check_blob(key_id, make_key_check(key_id, key))

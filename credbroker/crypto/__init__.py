@@ -1,7 +1,8 @@
 """Envelope encryption of stored credentials: the KEK keyring and the v1 blob format.
 
-IntegrityError      blob malformed or failed authentication  (envelope)
-└── UnknownKeyError blob's KEK not configured or below the minimum
+IntegrityError         blob malformed or failed authentication  (envelope)
+├── MalformedBlobError blob too short, or of an unknown format or suite
+└── UnknownKeyError    blob's KEK not configured or below the minimum
 KeyringError        keyring configuration invalid             (keyring)
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from .envelope import (
     EnvelopeCipher,
     IntegrityError,
+    MalformedBlobError,
     UnknownKeyError,
     encryption_context,
     make_key_check,
@@ -22,6 +24,7 @@ __all__ = [
     "IntegrityError",
     "Keyring",
     "KeyringError",
+    "MalformedBlobError",
     "UnknownKeyError",
     "encryption_context",
     "generate_keyring",

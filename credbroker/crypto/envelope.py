@@ -54,6 +54,13 @@ class IntegrityError(Exception):
         super().__init__(message)
 
 
+class MalformedBlobError(IntegrityError):
+    """A blob is not bytes, is too short, or has an unknown format or suite."""
+
+    def __init__(self) -> None:
+        super().__init__("ciphertext is malformed")
+
+
 class UnknownKeyError(IntegrityError):
     """A blob's KEK id is not configured, or is below ``min_decryption_key_id``."""
 
@@ -154,20 +161,14 @@ class EnvelopeCipher:
             UnknownKeyError: The blob's KEK is not configured or is below the minimum.
             IntegrityError: The blob is malformed, was altered, or belongs to another context.
         """
-        dek = self._unwrap_dek(blob, context)
-        try:
-            return AESGCM(dek).decrypt(
-                blob[_WRAPPED_DEK_END:_PAYLOAD_NONCE_END],
-                blob[_PAYLOAD_NONCE_END:],
-                _PREFIX + context,
-            )
-        except InvalidTag:
-            raise IntegrityError from None
+        return self._open_payload(self._unwrap_dek(blob, context), blob, context)
 
     def rewrap(self, blob: bytes, context: bytes) -> bytes:
-        """Move a blob to the primary KEK without touching its payload or seeing the plaintext.
+        """Move a blob to the primary KEK without changing its payload bytes.
 
-        The DEK is unwrapped (checking its AAD) and wrapped again under the primary key with a
+        The DEK is unwrapped (checking its AAD), the payload is authenticated with it (so a blob
+        that would not decrypt is never moved and then mistaken for a good one; the plaintext
+        stays inside this method), and the DEK is wrapped again under the primary key with a
         fresh nonce; bytes 66 onwards are copied unchanged. A blob already under the primary key
         is returned as is, unchecked.
 
@@ -180,11 +181,13 @@ class EnvelopeCipher:
 
         Raises:
             UnknownKeyError: The blob's KEK is not configured or is below the minimum.
-            IntegrityError: The blob is malformed, or its wrapped DEK fails authentication.
+            IntegrityError: The blob is malformed, or its wrapped DEK or payload fails
+                authentication.
         """
         if self.key_id_of(blob) == self._keyring.primary_key_id:
             return blob
         dek = self._unwrap_dek(blob, context)
+        self._open_payload(dek, blob, context)
         return self._wrap_dek(dek, context) + blob[_WRAPPED_DEK_END:]
 
     @staticmethod
@@ -201,7 +204,7 @@ class EnvelopeCipher:
             IntegrityError: The blob is not bytes, is too short, or has an unknown format/suite.
         """
         if not isinstance(blob, bytes) or len(blob) < MIN_BLOB_SIZE or blob[:2] != _PREFIX:
-            raise IntegrityError("ciphertext is malformed")
+            raise MalformedBlobError
         return int.from_bytes(blob[len(_PREFIX) : _KEY_ID_END], "big")
 
     def _random(self, size: int) -> bytes:
@@ -216,6 +219,17 @@ class EnvelopeCipher:
         header = _PREFIX + key_id.to_bytes(4, "big")
         nonce = self._random(_NONCE_SIZE)
         return header + nonce + self._kek(key_id).encrypt(nonce, dek, header + context)
+
+    @staticmethod
+    def _open_payload(dek: bytes, blob: bytes, context: bytes) -> bytes:
+        try:
+            return AESGCM(dek).decrypt(
+                blob[_WRAPPED_DEK_END:_PAYLOAD_NONCE_END],
+                blob[_PAYLOAD_NONCE_END:],
+                _PREFIX + context,
+            )
+        except InvalidTag:
+            raise IntegrityError from None
 
     def _unwrap_dek(self, blob: bytes, context: bytes) -> bytes:
         key_id = self.key_id_of(blob)

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from credbroker.domain.rotation import EndpointSecrets, Rewrap, RewrapEndpoint, StoredSecrets
+from collections.abc import Collection
+from typing import Any
+from uuid import UUID
+
+from credbroker.domain.rotation import (
+    Batch,
+    EndpointSecrets,
+    Rewrap,
+    RewrapEndpoint,
+    StoredSecrets,
+)
 from credbroker.storage.db import Database
 
 
@@ -43,25 +53,38 @@ class PostgresMasterKeyRepository:
         )
         return {row["key_id"]: row["n"] for row in rows}
 
-    async def count_not_under(self, primary_key_id: int) -> int:
+    async def count_not_under(self, primary_key_id: int, *, exclude: Collection[UUID]) -> int:
         count = await self._db.fetchval(
-            """SELECT (SELECT count(*) FROM connections
-                       WHERE credentials_key_id <> $1 OR config_key_id <> $1)
+            f"""SELECT (SELECT count(*) FROM connections
+                       WHERE ({_CONNECTION_PENDING}) AND NOT id = ANY($2::uuid[]))
                     + (SELECT count(*) FROM webhook_endpoints
-                       WHERE secret_key_id <> $1 OR previous_secret_key_id <> $1)""",
+                       WHERE ({_ENDPOINT_PENDING}) AND NOT id = ANY($2::uuid[]))""",  # noqa: S608
             primary_key_id,
+            list(exclude),
         )
         return int(count)
 
-    async def rewrap_batch(self, primary_key_id: int, limit: int, rewrap: Rewrap) -> int:
+    async def rewrap_batch(
+        self,
+        primary_key_id: int,
+        limit: int,
+        rewrap: Rewrap,
+        *,
+        after: UUID | None,
+        exclude: Collection[UUID],
+        write: bool,
+    ) -> Batch:
         async with self._db.transaction() as connection:
             rows = await connection.fetch(
-                """SELECT id, environment_id, integration_id, credentials_blob, config_blob
-                   FROM connections
-                   WHERE credentials_key_id <> $1 OR config_key_id <> $1
-                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                f"""SELECT id, environment_id, integration_id, credentials_blob, config_blob
+                    FROM connections
+                    WHERE ({_CONNECTION_PENDING}) AND ($3::uuid IS NULL OR id > $3)
+                      AND NOT id = ANY($4::uuid[])
+                    ORDER BY id LIMIT $2 {_LOCKED if write else ""}""",  # noqa: S608
                 primary_key_id,
                 limit,
+                after,
+                list(exclude),
             )
             updates = []
             for row in rows:
@@ -73,41 +96,64 @@ class PostgresMasterKeyRepository:
                     bytes(row["config_blob"]),
                 )
                 credentials, config = rewrap(stored)
-                updates.append((row["id"], credentials, config))
-            await connection.executemany(
-                "UPDATE connections SET credentials_blob = $2, config_blob = $3 WHERE id = $1",
-                updates,
-            )
-        return len(rows)
+                if (credentials, config) != (stored.credentials, stored.connection_config):
+                    updates.append((row["id"], credentials, config))
+            if write and updates:
+                await connection.executemany(
+                    "UPDATE connections SET credentials_blob = $2, config_blob = $3 WHERE id = $1",
+                    updates,
+                )
+        return _batch(rows, len(updates) if write else 0)
 
     async def rewrap_endpoint_batch(
-        self, primary_key_id: int, limit: int, rewrap: RewrapEndpoint
-    ) -> int:
+        self,
+        primary_key_id: int,
+        limit: int,
+        rewrap: RewrapEndpoint,
+        *,
+        after: UUID | None,
+        exclude: Collection[UUID],
+        write: bool,
+    ) -> Batch:
         """The same for webhook signing secrets."""
         async with self._db.transaction() as connection:
             rows = await connection.fetch(
-                """SELECT id, environment_id, secret_blob, previous_secret_blob
-                   FROM webhook_endpoints
-                   WHERE secret_key_id <> $1 OR previous_secret_key_id <> $1
-                   ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED""",
+                f"""SELECT id, environment_id, secret_blob, previous_secret_blob
+                    FROM webhook_endpoints
+                    WHERE ({_ENDPOINT_PENDING}) AND ($3::uuid IS NULL OR id > $3)
+                      AND NOT id = ANY($4::uuid[])
+                    ORDER BY id LIMIT $2 {_LOCKED if write else ""}""",  # noqa: S608
                 primary_key_id,
                 limit,
+                after,
+                list(exclude),
             )
             updates = []
             for row in rows:
                 previous = row["previous_secret_blob"]
-                secret, new_previous = rewrap(
-                    EndpointSecrets(
-                        row["id"],
-                        row["environment_id"],
-                        bytes(row["secret_blob"]),
-                        bytes(previous) if previous is not None else None,
-                    )
+                stored = EndpointSecrets(
+                    row["id"],
+                    row["environment_id"],
+                    bytes(row["secret_blob"]),
+                    bytes(previous) if previous is not None else None,
                 )
-                updates.append((row["id"], secret, new_previous))
-            await connection.executemany(
-                """UPDATE webhook_endpoints SET secret_blob = $2, previous_secret_blob = $3
-                   WHERE id = $1""",
-                updates,
-            )
-        return len(rows)
+                secret, new_previous = rewrap(stored)
+                if (secret, new_previous) != (stored.secret, stored.previous_secret):
+                    updates.append((row["id"], secret, new_previous))
+            if write and updates:
+                await connection.executemany(
+                    """UPDATE webhook_endpoints SET secret_blob = $2, previous_secret_blob = $3
+                       WHERE id = $1""",
+                    updates,
+                )
+        return _batch(rows, len(updates) if write else 0)
+
+
+# Rows with a blob a rewrap has to move ($1: the primary key id).
+_CONNECTION_PENDING = "credentials_key_id <> $1 OR config_key_id <> $1"
+_ENDPOINT_PENDING = "secret_key_id <> $1 OR previous_secret_key_id <> $1"
+_LOCKED = "FOR UPDATE SKIP LOCKED"
+
+
+def _batch(rows: list[Any], written: int) -> Batch:
+    return Batch(len(rows), rows[-1]["id"] if rows else None, written)

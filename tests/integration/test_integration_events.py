@@ -215,7 +215,7 @@ async def test_rewrap_writes_no_event(
             BoundCipher(EnvelopeCipher(rotated)),
             rotated.primary_key_id,
         )
-        assert await rotation.rewrap_all() == 3
+        assert (await rotation.rewrap_all()).rewrapped == 3
         assert [r["event_type"] for r in await _events(backend, "rot")] == [
             "connection.created"
         ] * 3

@@ -15,6 +15,7 @@ from credbroker.crypto import (
     EnvelopeCipher,
     IntegrityError,
     Keyring,
+    MalformedBlobError,
     UnknownKeyError,
     encryption_context,
     make_key_check,
@@ -202,6 +203,21 @@ def test_rewrap_checks_the_wrapped_dek() -> None:
         cipher(primary_key_id=2).rewrap(blob, OTHER_CONTEXT)
     with pytest.raises(IntegrityError):
         cipher(primary_key_id=2).rewrap(flip_bit(blob, 8 * 40), CONTEXT)
+
+
+@pytest.mark.parametrize("offset", [70, 80, -1], ids=["payload-nonce", "payload", "tag"])
+def test_rewrap_checks_the_payload_too(offset: int) -> None:
+    """A blob whose payload was altered is not moved (a later read would fail anyway)."""
+    blob = bytearray(cipher(primary_key_id=1).encrypt(SECRET, CONTEXT))
+    blob[offset] ^= 0x01
+
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        cipher(primary_key_id=2).rewrap(bytes(blob), CONTEXT)
+
+
+def test_malformed_blob_is_its_own_error() -> None:
+    with pytest.raises(MalformedBlobError, match="ciphertext is malformed"):
+        cipher().decrypt(b"\x01\x01" + bytes(10), CONTEXT)
 
 
 def test_random_bytes_of_the_wrong_size_are_refused() -> None:
