@@ -28,13 +28,13 @@ from credbroker.api.scopes import REQUIRED_SCOPES
 from credbroker.api.webhooks import WebhookServicer
 from credbroker.bootstrap import (
     Backend,
-    BoundCipher,
+    bound_cipher,
     load_keyring,
     open_backend,
     verify_master_keys,
 )
 from credbroker.config import Settings
-from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.crypto import Keyring
 from credbroker.dispatch import RunningDispatcher, start_dispatcher, webhook_service
 from credbroker.domain.audit import AuditService
 from credbroker.domain.connect_sessions import ConnectSessionService
@@ -348,7 +348,7 @@ async def start_server(
     """Verifies the master keys, then binds and starts serving. Raises StartupError before
     binding when the keyring does not fit the stored data."""
     log_hygiene.install()  # also for servers started in-process (tests, embedders)
-    await verify_master_keys(backend.db, keyring)
+    await verify_master_keys(backend.db, keyring, accept_binding_v1=settings.accept_binding_v1)
     catalog = catalog or default_catalog()
     connection_repository: ConnectionRepository = PostgresConnectionRepository(backend.db)
     key_repository: SecretKeyRepository = PostgresSecretKeyRepository(backend.db)
@@ -374,7 +374,7 @@ async def start_server(
     connections = ConnectionService(
         connection_repository,
         integrations,
-        BoundCipher(EnvelopeCipher(keyring)),
+        bound_cipher(settings, keyring),
         catalog,
         CredentialVerifier(probe if settings.verify_credentials else None),
     )

@@ -8,19 +8,17 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from credbroker.bound_cipher import BoundCipher as BoundCipher  # re-exported: its old home
+from credbroker.bound_cipher import LegacyBindingRefused as LegacyBindingRefused
 from credbroker.config import Settings
 from credbroker.crypto import (
     EnvelopeCipher,
-    IntegrityError,
     Keyring,
     KeyringError,
-    MalformedBlobError,
-    UnknownKeyError,
-    encryption_context,
     make_key_check,
     verify_key_check,
 )
-from credbroker.domain.errors import DataIntegrityError, UnavailableError
+from credbroker.domain.errors import UnavailableError
 from credbroker.preflight import (
     ConfigurationError,
     DatabaseConnectError,
@@ -35,42 +33,9 @@ from credbroker.storage.migrate import migrate
 log = structlog.get_logger("credbroker")
 
 
-class BoundCipher:
-    """Adapts :class:`EnvelopeCipher` to the domain's Cipher port: builds the associated data
-    from a purpose and the row binding, and reports failures as DataIntegrityError."""
-
-    def __init__(self, cipher: EnvelopeCipher) -> None:
-        self._cipher = cipher
-
-    def encrypt(self, plaintext: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        return self._cipher.encrypt(plaintext, encryption_context(purpose, *binding))
-
-    def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        try:
-            return self._cipher.decrypt(blob, encryption_context(purpose, *binding))
-        except IntegrityError as exc:
-            log.error("ciphertext failed authentication", purpose=purpose, error=str(exc))
-            raise DataIntegrityError("stored ciphertext failed authentication") from None
-
-    def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        """Raises DataIntegrityError whose message says why (no data): the rewrap reports it
-        with the row, so nothing is logged here."""
-        try:
-            return self._cipher.rewrap(blob, encryption_context(purpose, *binding))
-        except IntegrityError as exc:
-            raise DataIntegrityError(unreadable_reason(exc)) from None
-
-
-def unreadable_reason(error: IntegrityError) -> str:
-    """Why a stored blob cannot be read, for an operator (ids only, never data)."""
-    if isinstance(error, UnknownKeyError):
-        return (
-            f"names master key {error.key_id}, which this keyring cannot use "
-            "(not in it, or below min_decryption_key_id)"
-        )
-    if isinstance(error, MalformedBlobError):
-        return "malformed (too short, or an unknown format or suite)"
-    return "fails authentication for this row and column (altered, or copied or moved here)"
+def bound_cipher(settings: Settings, keyring: Keyring) -> BoundCipher:
+    """The cipher every service uses, with the legacy-binding policy of ``settings``."""
+    return BoundCipher(EnvelopeCipher(keyring), accept_binding_v1=settings.accept_binding_v1)
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -89,13 +54,16 @@ def load_keyring(settings: Settings) -> Keyring:
         raise ConfigurationError(f"invalid keyring: {exc}") from None
 
 
-async def verify_master_keys(db: Database, keyring: Keyring, *, strict: bool = True) -> None:
-    """Fails closed: a configured key whose bytes differ from the ones first used under its id, or
-    stored data under a key id the keyring lacks, stops the start (message names ids only).
+async def verify_master_keys(
+    db: Database, keyring: Keyring, *, accept_binding_v1: bool, strict: bool = True
+) -> None:
+    """Fails closed: a configured key whose bytes differ from the ones first used under its id,
+    stored data under a key id the keyring lacks, or blobs of the legacy binding while it is not
+    accepted, stop the start (messages name ids only).
 
     ``strict`` False (``keyring status`` and ``keyring rewrap``) checks the key bytes only: blobs
-    under a key id the keyring cannot decrypt are then reported one by one as unreadable rather
-    than stopping the command, and no new key id is registered."""
+    under a key id the keyring cannot decrypt (or of a refused binding) are then reported one by
+    one as unreadable rather than stopping the command, and no new key id is registered."""
     repository = PostgresMasterKeyRepository(db)
     checks = await repository.check_blobs()
     for key_id, key in sorted(keyring.keys.items()):
@@ -120,6 +88,12 @@ async def verify_master_keys(db: Database, keyring: Keyring, *, strict: bool = T
         raise StartupError(
             f"stored data uses master key(s) {too_old} below min_decryption_key_id "
             f"{keyring.min_decryption_key_id}; finish `credbroker keyring rewrap` first"
+        )
+    if not accept_binding_v1 and await repository.legacy_blobs_remain():
+        raise StartupError(
+            "stored data holds blobs of the legacy binding (format 1), which are refused: set "
+            "CREDBROKER_ACCEPT_BINDING_V1=true, run `credbroker keyring rewrap`, then unset it "
+            "(docs/operators.md, section 4)"
         )
     await _register_new_keys(repository, keyring, checks)
 

@@ -20,14 +20,14 @@ from credbroker import cli_connect, cli_webhooks, dev, workers
 from credbroker.app import key_service
 from credbroker.bootstrap import (
     Backend,
-    BoundCipher,
     StartupError,
+    bound_cipher,
     load_keyring,
     open_backend,
     verify_master_keys,
 )
 from credbroker.config import Settings, tls_pairing_problem
-from credbroker.crypto import EnvelopeCipher, Keyring, KeyringError, generate_keyring
+from credbroker.crypto import FORMAT_V1, FORMAT_V2, Keyring, KeyringError, generate_keyring
 from credbroker.domain.audit import AuditEvent
 from credbroker.domain.errors import DomainError
 from credbroker.domain.keys import parse_scopes
@@ -228,7 +228,7 @@ async def _run(args: argparse.Namespace) -> None:
         await _with_backend(settings, lambda backend: _keys(args, backend))
     elif args.command == "keyring":
         keyring = load_keyring(settings)
-        await _with_backend(settings, lambda backend: _keyring(args, backend, keyring))
+        await _with_backend(settings, lambda backend: _keyring(args, settings, backend, keyring))
     elif args.command == "audit":
         await _with_backend(settings, lambda backend: _audit_tail(args, backend))
     elif args.command == "webhooks":
@@ -317,12 +317,16 @@ def _check_before_serving(settings: Settings, names: dict[str, str]) -> None:
         check_can_listen(settings.metrics_listen, metrics_name)
 
 
-async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring) -> None:
-    # Blobs under a key id this keyring cannot use are reported row by row, not refused whole.
-    await verify_master_keys(backend.db, keyring, strict=False)
+async def _keyring(
+    args: argparse.Namespace, settings: Settings, backend: Backend, keyring: Keyring
+) -> None:
+    # Blobs this keyring cannot read are reported one by one, not refused whole.
+    await verify_master_keys(
+        backend.db, keyring, accept_binding_v1=settings.accept_binding_v1, strict=False
+    )
     repository = PostgresMasterKeyRepository(backend.db)
     rotation = KeyRotationService(
-        repository, BoundCipher(EnvelopeCipher(keyring)), keyring.primary_key_id
+        repository, bound_cipher(settings, keyring), keyring.primary_key_id
     )
     if args.keyring_command == "rewrap":
         started = time.monotonic()
@@ -347,7 +351,7 @@ async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring)
             )
         print(
             f"rewrap complete: {report.rewrapped} rows now under master key "
-            f"{keyring.primary_key_id}"
+            f"{keyring.primary_key_id} and binding v2"
         )
         return
     rows = await repository.rows_per_key()
@@ -359,6 +363,17 @@ async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring)
     for key_id in sorted(set(rows) | set(keyring.keys)):
         note = "" if key_id in keyring.keys else "  (NOT CONFIGURED)"
         print(f"  {key_id}\t{rows.get(key_id, 0)}{note}")
+    formats = await repository.blobs_per_format()
+    print("stored blobs per binding:")
+    for fmt in sorted(set(formats) | {FORMAT_V1, FORMAT_V2}):
+        note = (
+            "  (legacy: accepted for the upgrade)"
+            if fmt == FORMAT_V1 and settings.accept_binding_v1
+            else "  (legacy: refused)"
+            if fmt == FORMAT_V1
+            else ""
+        )
+        print(f"  v{fmt}\t{formats.get(fmt, 0)}{note}")
     print(f"unreadable blobs: {len(unreadable)}")
     for blob in unreadable:
         print(f"  {blob.describe()}")

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
     reuse_port: bool = Field(
         False, description="bind with SO_REUSEPORT (set for each process of serve --workers)"
     )
+    accept_binding_v1: bool = Field(
+        False,
+        description="read blobs of the legacy binding (format 1, written before binding v2) "
+        "until `keyring rewrap` moves them; off, they are refused and servers do not start "
+        "while any is stored",
+    )
     cache_ttl: float = Field(
         30.0,
         ge=0,

@@ -1,4 +1,4 @@
-"""Envelope encryption of stored credentials: the KEK keyring and the v1 blob format.
+"""Envelope encryption of stored credentials: the KEK keyring and the blob formats (1 and 2).
 
 IntegrityError         blob malformed or failed authentication  (envelope)
 ├── MalformedBlobError blob too short, or of an unknown format or suite
@@ -9,6 +9,9 @@ KeyringError        keyring configuration invalid             (keyring)
 from __future__ import annotations
 
 from .envelope import (
+    CURRENT_FORMAT,
+    FORMAT_V1,
+    FORMAT_V2,
     EnvelopeCipher,
     IntegrityError,
     MalformedBlobError,
@@ -20,6 +23,9 @@ from .envelope import (
 from .keyring import Keyring, KeyringError, generate_keyring
 
 __all__ = [
+    "CURRENT_FORMAT",
+    "FORMAT_V1",
+    "FORMAT_V2",
     "EnvelopeCipher",
     "IntegrityError",
     "Keyring",

@@ -1,9 +1,12 @@
-"""Master-key rotation: rewrap every stored data key under the keyring's primary master key.
+"""Master-key rotation: rewrap every stored data key under the keyring's primary master key, and
+move blobs of the legacy binding (v1) to the current one.
 
 Only the wrapped data keys change; payload bytes stay identical and plaintext never leaves the
-cipher. Each batch locks its rows (skipping rows a concurrent write holds) and rewrites them in
-one transaction, so a concurrent update is never lost: it either waits for the batch or, having
-already written under the primary key, is no longer selected. Interrupted runs simply resume.
+cipher. A blob of binding v1 (written before v2 bound the connection id) is encrypted afresh
+under the current binding instead, still inside the cipher. Each batch locks its rows (skipping
+rows a concurrent write holds) and rewrites them in one transaction, so a concurrent update is
+never lost: it either waits for the batch or, having already written under the primary key, is
+no longer selected. Interrupted runs simply resume.
 
 A blob that does not authenticate (altered, moved from another row or column, under a key the
 keyring lacks) is never moved: it stays as it is, is reported as an :class:`UnreadableBlob` (its
@@ -24,7 +27,7 @@ from uuid import UUID
 
 from credbroker.domain.connections import CONFIG_PURPOSE, CREDENTIALS_PURPOSE, binding
 from credbroker.domain.errors import DataIntegrityError
-from credbroker.domain.ports import Cipher
+from credbroker.domain.ports import Binding, Cipher
 from credbroker.domain.webhooks import PREVIOUS_SECRET_PURPOSE, SECRET_PURPOSE, endpoint_binding
 
 CONNECTIONS = "connections"
@@ -36,6 +39,7 @@ class StoredSecrets:
     id: UUID
     environment_id: UUID
     integration_id: str
+    connection_id: str
     credentials: bytes
     connection_config: bytes
 
@@ -100,7 +104,8 @@ class RewrapRepository(Protocol):
         exclude: Collection[UUID],
         write: bool,
     ) -> Batch:
-        """Reads up to ``limit`` connections with a blob not under the primary key, in id order
+        """Reads up to ``limit`` connections with a blob not under the primary key or of an older
+        binding, in id order
         after ``after`` and leaving out ``exclude``; with ``write``, locks them (skipping rows
         locked by others) and stores ``rewrap``'s result for each row it changed, in one
         transaction."""
@@ -120,7 +125,8 @@ class RewrapRepository(Protocol):
         ...
 
     async def count_not_under(self, primary_key_id: int, *, exclude: Collection[UUID]) -> int:
-        """Rows (of both tables) with a blob not under the primary key, leaving out ``exclude``."""
+        """Rows (of both tables) with a blob not under the primary key or of an older binding,
+        leaving out ``exclude``."""
         ...
 
 
@@ -138,7 +144,7 @@ class KeyRotationService:
         column: str,
         blob: bytes,
         purpose: str,
-        bound: tuple[bytes | str, ...],
+        bound: Binding,
     ) -> bytes:
         """``blob`` rewrapped, or unchanged (and recorded in ``found``) if it does not
         authenticate."""
@@ -150,7 +156,7 @@ class KeyRotationService:
 
     def _connection_rewrap(self, found: list[UnreadableBlob]) -> Rewrap:
         def rewrap(row: StoredSecrets) -> tuple[bytes, bytes]:
-            bound = binding(row.environment_id, row.integration_id, row.id)
+            bound = binding(row.environment_id, row.integration_id, row.connection_id, row.id)
             return (
                 self._moved(
                     found,
@@ -238,7 +244,8 @@ class KeyRotationService:
         locked_row_wait: float = 0.2,
         max_waits: int = 300,
     ) -> RewrapReport:
-        """Rewraps until every row is under the primary key or holds an unreadable blob; rows
+        """Rewraps until every blob is under the primary key and the current binding, or
+        unreadable; rows
         locked by concurrent writes are retried after ``locked_row_wait`` seconds (TimeoutError
         after ``max_waits`` rounds that found nothing to do)."""
         report = RewrapReport()

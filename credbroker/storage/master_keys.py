@@ -6,6 +6,7 @@ from collections.abc import Collection
 from typing import Any
 from uuid import UUID
 
+from credbroker.crypto import CURRENT_FORMAT, FORMAT_V1
 from credbroker.domain.rotation import (
     Batch,
     EndpointSecrets,
@@ -53,6 +54,30 @@ class PostgresMasterKeyRepository:
         )
         return {row["key_id"]: row["n"] for row in rows}
 
+    async def blobs_per_format(self) -> dict[int, int]:
+        rows = await self._db.fetch(
+            """SELECT format, count(*) AS n FROM (
+                   SELECT credentials_format AS format FROM connections
+                   UNION ALL SELECT config_format FROM connections
+                   UNION ALL SELECT secret_format FROM webhook_endpoints
+                   UNION ALL SELECT previous_secret_format FROM webhook_endpoints
+                             WHERE previous_secret_format IS NOT NULL) blobs
+               GROUP BY format ORDER BY format"""
+        )
+        return {row["format"]: row["n"] for row in rows}
+
+    async def legacy_blobs_remain(self) -> bool:
+        """Whether any blob of format 1 (binding v1) is stored (through partial indexes)."""
+        return bool(
+            await self._db.fetchval(
+                f"""SELECT EXISTS (SELECT 1 FROM connections WHERE credentials_format = {FORMAT_V1})
+                    OR EXISTS (SELECT 1 FROM connections WHERE config_format = {FORMAT_V1})
+                    OR EXISTS (SELECT 1 FROM webhook_endpoints WHERE secret_format = {FORMAT_V1})
+                    OR EXISTS (SELECT 1 FROM webhook_endpoints
+                               WHERE previous_secret_format = {FORMAT_V1})"""  # noqa: S608
+            )
+        )
+
     async def count_not_under(self, primary_key_id: int, *, exclude: Collection[UUID]) -> int:
         count = await self._db.fetchval(
             f"""SELECT (SELECT count(*) FROM connections
@@ -76,7 +101,8 @@ class PostgresMasterKeyRepository:
     ) -> Batch:
         async with self._db.transaction() as connection:
             rows = await connection.fetch(
-                f"""SELECT id, environment_id, integration_id, credentials_blob, config_blob
+                f"""SELECT id, environment_id, integration_id, connection_id, credentials_blob,
+                           config_blob
                     FROM connections
                     WHERE ({_CONNECTION_PENDING}) AND ($3::uuid IS NULL OR id > $3)
                       AND NOT id = ANY($4::uuid[])
@@ -92,6 +118,7 @@ class PostgresMasterKeyRepository:
                     row["id"],
                     row["environment_id"],
                     row["integration_id"],
+                    row["connection_id"],
                     bytes(row["credentials_blob"]),
                     bytes(row["config_blob"]),
                 )
@@ -149,9 +176,16 @@ class PostgresMasterKeyRepository:
         return _batch(rows, len(updates) if write else 0)
 
 
-# Rows with a blob a rewrap has to move ($1: the primary key id).
-_CONNECTION_PENDING = "credentials_key_id <> $1 OR config_key_id <> $1"
-_ENDPOINT_PENDING = "secret_key_id <> $1 OR previous_secret_key_id <> $1"
+# Rows with a blob a rewrap has to move: under another key than the primary ($1), or of another
+# format than the current one.
+_CONNECTION_PENDING = (
+    "credentials_key_id <> $1 OR config_key_id <> $1"
+    f" OR credentials_format <> {CURRENT_FORMAT} OR config_format <> {CURRENT_FORMAT}"
+)
+_ENDPOINT_PENDING = (
+    "secret_key_id <> $1 OR previous_secret_key_id <> $1"
+    f" OR secret_format <> {CURRENT_FORMAT} OR previous_secret_format <> {CURRENT_FORMAT}"
+)
 _LOCKED = "FOR UPDATE SKIP LOCKED"
 
 

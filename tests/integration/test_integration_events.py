@@ -212,7 +212,7 @@ async def test_rewrap_writes_no_event(
         rotated = keyring.with_new_key(primary=True)
         rotation = KeyRotationService(
             PostgresMasterKeyRepository(backend.db),
-            BoundCipher(EnvelopeCipher(rotated)),
+            BoundCipher(EnvelopeCipher(rotated), accept_binding_v1=False),
             rotated.primary_key_id,
         )
         assert (await rotation.rewrap_all()).rewrapped == 3
