@@ -216,6 +216,7 @@ def limit_settings(settings: Settings) -> LimitSettings:
         max_unauthenticated_per_peer=settings.max_unauthenticated_per_peer,
         max_watch_streams=settings.max_watch_streams,
         max_watch_streams_per_peer=settings.max_watch_streams_per_peer,
+        max_streams_per_peer=settings.watch_streams_per_peer,
         watch_max_age_seconds=settings.watch_max_age,
     )
 

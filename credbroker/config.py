@@ -93,7 +93,10 @@ class Settings(BaseSettings):
         200.0, ge=1, description="failed authentications a client address may make in a burst"
     )
     watch_max_age: float = Field(
-        600.0, gt=0, description="seconds after which a Health/Watch stream ends (OK)"
+        600.0,
+        gt=0,
+        description="seconds after which a stream (Health/Watch, WatchConnections, reflection) "
+        "ends (OK)",
     )
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="largest request accepted")
     shutdown_grace: float = Field(5.0, ge=0, description="seconds in-flight RPCs get on shutdown")
@@ -154,6 +157,12 @@ class Settings(BaseSettings):
     )
     watch_streams_per_key: int = Field(8, ge=1, le=1000, description="open Watch streams per key")
     watch_max_streams: int = Field(64, ge=1, le=10000, description="open Watch streams per server")
+    watch_streams_per_peer: int = Field(
+        16,
+        ge=1,
+        le=10000,
+        description="open WatchConnections (and reflection) streams per client address, per server",
+    )
     webhook_dispatch: bool = Field(True, description="send webhook deliveries from this process")
     webhook_timeout: float = Field(10.0, gt=0, le=60, description="seconds per webhook attempt")
     webhook_retry_base: float = Field(
