@@ -558,7 +558,7 @@ async def _start_http(
         settings.http_listen,
         reuse_port=settings.reuse_port,
         tls=tls,
-        limit_concurrency=settings.max_concurrent_rpcs,
+        header_timeout=settings.first_message_timeout,
     )
     try:
         port = await http_server.start()

@@ -131,6 +131,8 @@ class Failure:
     violations: tuple[tuple[str, str], ...] = ()
     retry_after_seconds: int | None = None
     """When to try again, if known (gRPC ``RetryInfo``, HTTP ``Retry-After``)."""
+    http_status: int | None = None
+    """A more precise HTTP status than the code's (413 for a body over the limit)."""
 
     @property
     def reference_code(self) -> str:

@@ -34,5 +34,7 @@ def error_response(failure: Failure, headers: dict[str, str] | None = None) -> J
     if failure.retry_after_seconds is not None:
         response_headers["retry-after"] = str(failure.retry_after_seconds)
     return JSONResponse(
-        error_body(failure), status_code=failure.code.http_status, headers=response_headers
+        error_body(failure),
+        status_code=failure.http_status or failure.code.http_status,
+        headers=response_headers,
     )
