@@ -32,6 +32,11 @@ from credbroker.domain.webhooks import PREVIOUS_SECRET_PURPOSE, SECRET_PURPOSE, 
 
 CONNECTIONS = "connections"
 WEBHOOK_ENDPOINTS = "webhook_endpoints"
+# Every encrypted column: its name and the purpose its blobs are bound to.
+_CREDENTIALS = ("credentials_blob", CREDENTIALS_PURPOSE)
+_CONFIG = ("config_blob", CONFIG_PURPOSE)
+_SECRET = ("secret_blob", SECRET_PURPOSE)
+_PREVIOUS_SECRET = ("previous_secret_blob", PREVIOUS_SECRET_PURPOSE)
 
 
 @dataclass(frozen=True)
@@ -141,41 +146,25 @@ class KeyRotationService:
         found: list[UnreadableBlob],
         table: str,
         row_id: UUID,
-        column: str,
+        column: tuple[str, str],
         blob: bytes,
-        purpose: str,
         bound: Binding,
     ) -> bytes:
-        """``blob`` rewrapped, or unchanged (and recorded in ``found``) if it does not
-        authenticate."""
+        """``blob`` of ``column`` (its name and purpose) rewrapped, or unchanged and recorded in
+        ``found`` if it does not authenticate."""
+        name, purpose = column
         try:
             return self._cipher.rewrap(blob, purpose=purpose, binding=bound)
         except DataIntegrityError as exc:
-            found.append(UnreadableBlob(table, row_id, column, exc.message))
+            found.append(UnreadableBlob(table, row_id, name, exc.message))
             return blob
 
     def _connection_rewrap(self, found: list[UnreadableBlob]) -> Rewrap:
         def rewrap(row: StoredSecrets) -> tuple[bytes, bytes]:
             bound = binding(row.environment_id, row.integration_id, row.connection_id, row.id)
             return (
-                self._moved(
-                    found,
-                    CONNECTIONS,
-                    row.id,
-                    "credentials_blob",
-                    row.credentials,
-                    CREDENTIALS_PURPOSE,
-                    bound,
-                ),
-                self._moved(
-                    found,
-                    CONNECTIONS,
-                    row.id,
-                    "config_blob",
-                    row.connection_config,
-                    CONFIG_PURPOSE,
-                    bound,
-                ),
+                self._moved(found, CONNECTIONS, row.id, _CREDENTIALS, row.credentials, bound),
+                self._moved(found, CONNECTIONS, row.id, _CONFIG, row.connection_config, bound),
             )
 
         return rewrap
@@ -186,17 +175,9 @@ class KeyRotationService:
             previous = row.previous_secret
             if previous is not None:
                 previous = self._moved(
-                    found,
-                    WEBHOOK_ENDPOINTS,
-                    row.id,
-                    "previous_secret_blob",
-                    previous,
-                    PREVIOUS_SECRET_PURPOSE,
-                    bound,
+                    found, WEBHOOK_ENDPOINTS, row.id, _PREVIOUS_SECRET, previous, bound
                 )
-            secret = self._moved(
-                found, WEBHOOK_ENDPOINTS, row.id, "secret_blob", row.secret, SECRET_PURPOSE, bound
-            )
+            secret = self._moved(found, WEBHOOK_ENDPOINTS, row.id, _SECRET, row.secret, bound)
             return secret, previous
 
         return rewrap
@@ -245,9 +226,8 @@ class KeyRotationService:
         max_waits: int = 300,
     ) -> RewrapReport:
         """Rewraps until every blob is under the primary key and the current binding, or
-        unreadable; rows
-        locked by concurrent writes are retried after ``locked_row_wait`` seconds (TimeoutError
-        after ``max_waits`` rounds that found nothing to do)."""
+        unreadable; rows locked by concurrent writes are retried after ``locked_row_wait``
+        seconds (TimeoutError after ``max_waits`` rounds that found nothing to do)."""
         report = RewrapReport()
         waits = 0
         while True:
