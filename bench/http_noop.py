@@ -37,7 +37,7 @@ async def _serve(listen: str) -> None:
         listen,
         reuse_port=False,
         tls=None,
-        limit_concurrency=settings.max_concurrent_rpcs,
+        header_timeout=settings.first_message_timeout,
     )
     port = await server.start()
     print(f"http noop serving GET {PATH} on port {port} pid={os.getpid()}", file=sys.stderr)

@@ -37,7 +37,7 @@ import asyncpg
 ENVIRONMENT = "bench"
 INTEGRATION_ID = "openai-bench"
 PROVIDER = "openai"
-SEED_VERSION = 1
+SEED_VERSION = 2  # 2: blobs of binding v2 (format 2); a version 1 dataset is seeded again
 CHUNK = 5000
 
 COPY_COLUMNS = (
@@ -94,7 +94,9 @@ def _init_worker(keyring_json: str, environment_id: bytes) -> None:
     from credbroker.bootstrap import BoundCipher
     from credbroker.crypto import EnvelopeCipher, Keyring
 
-    _worker["cipher"] = BoundCipher(EnvelopeCipher(Keyring.from_json(keyring_json)))
+    _worker["cipher"] = BoundCipher(
+        EnvelopeCipher(Keyring.from_json(keyring_json)), accept_binding_v1=False
+    )
     _worker["environment_id"] = uuid.UUID(bytes=environment_id)
 
 
@@ -122,7 +124,7 @@ def _encrypt_chunk(bounds: tuple[int, int]) -> list[tuple[Any, ...]]:
     records: list[tuple[Any, ...]] = []
     for i in range(*bounds):
         row_id = uuid.uuid4()
-        bound = binding(environment_id, INTEGRATION_ID, row_id)
+        bound = binding(environment_id, INTEGRATION_ID, connection_id(i), row_id)
         records.append(
             (
                 row_id,
@@ -269,7 +271,9 @@ async def _create_integration(dsn: str, keyring_json: str, environment_id: uuid.
     settings = Settings(database_url=dsn, keyring=keyring_json)
     backend = await open_backend(settings, pool_min=1)
     try:
-        await verify_master_keys(backend.db, Keyring.from_json(keyring_json))
+        await verify_master_keys(
+            backend.db, Keyring.from_json(keyring_json), accept_binding_v1=False
+        )
         principal = Principal("bench-seed", environment_id, ENVIRONMENT, ALL_SCOPES)
         service = IntegrationService(PostgresIntegrationRepository(backend.db), default_catalog())
         await service.create(principal, IntegrationDraft(INTEGRATION_ID, PROVIDER, ""))

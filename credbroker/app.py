@@ -28,13 +28,13 @@ from credbroker.api.scopes import REQUIRED_SCOPES
 from credbroker.api.webhooks import WebhookServicer
 from credbroker.bootstrap import (
     Backend,
-    BoundCipher,
+    bound_cipher,
     load_keyring,
     open_backend,
     verify_master_keys,
 )
 from credbroker.config import Settings
-from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.crypto import Keyring
 from credbroker.dispatch import RunningDispatcher, start_dispatcher, webhook_service
 from credbroker.domain.audit import AuditService
 from credbroker.domain.connect_sessions import ConnectSessionService
@@ -196,6 +196,7 @@ def limit_settings(settings: Settings) -> LimitSettings:
         max_unauthenticated_per_peer=settings.max_unauthenticated_per_peer,
         max_watch_streams=settings.max_watch_streams,
         max_watch_streams_per_peer=settings.max_watch_streams_per_peer,
+        max_streams_per_peer=settings.watch_streams_per_peer,
         watch_max_age_seconds=settings.watch_max_age,
     )
 
@@ -370,7 +371,7 @@ async def start_server(
     """Verifies the master keys, then binds and starts serving. Raises StartupError before
     binding when the keyring does not fit the stored data."""
     log_hygiene.install()  # also for servers started in-process (tests, embedders)
-    await verify_master_keys(backend.db, keyring)
+    await verify_master_keys(backend.db, keyring, accept_binding_v1=settings.accept_binding_v1)
     catalog = catalog or default_catalog()
     connection_repository: ConnectionRepository = PostgresConnectionRepository(backend.db)
     key_repository: SecretKeyRepository = PostgresSecretKeyRepository(backend.db)
@@ -401,7 +402,7 @@ async def start_server(
     connections = ConnectionService(
         connection_repository,
         integrations,
-        BoundCipher(EnvelopeCipher(keyring)),
+        bound_cipher(settings, keyring),
         catalog,
         CredentialVerifier(probe if settings.verify_credentials else None),
     )
@@ -429,6 +430,7 @@ async def start_server(
         public_url=settings.public_url or "",
         allowed_origins=settings.connect_origins(),
         max_attempts=settings.connect_max_attempts,
+        call_deadline=timedelta(seconds=settings.rpc_timeout),
     )
     auth_limiter = FailedAuthLimiter(
         FailureBudget(settings.auth_failures_per_second, settings.auth_failure_burst)
@@ -576,7 +578,7 @@ async def _start_http(
         settings.http_listen,
         reuse_port=settings.reuse_port,
         tls=tls,
-        limit_concurrency=settings.max_concurrent_rpcs,
+        header_timeout=settings.first_message_timeout,
     )
     try:
         port = await http_server.start()

@@ -8,17 +8,17 @@ from dataclasses import dataclass
 import asyncpg
 import structlog
 
+from credbroker.bound_cipher import BoundCipher as BoundCipher  # re-exported: its old home
+from credbroker.bound_cipher import LegacyBindingRefused as LegacyBindingRefused
 from credbroker.config import Settings
 from credbroker.crypto import (
     EnvelopeCipher,
-    IntegrityError,
     Keyring,
     KeyringError,
-    encryption_context,
     make_key_check,
     verify_key_check,
 )
-from credbroker.domain.errors import DataIntegrityError, UnavailableError
+from credbroker.domain.errors import UnavailableError
 from credbroker.preflight import (
     ConfigurationError,
     DatabaseConnectError,
@@ -33,31 +33,9 @@ from credbroker.storage.migrate import migrate
 log = structlog.get_logger("credbroker")
 
 
-class BoundCipher:
-    """Adapts :class:`EnvelopeCipher` to the domain's Cipher port: builds the associated data
-    from a purpose and the row binding, and reports failures as DataIntegrityError."""
-
-    def __init__(self, cipher: EnvelopeCipher) -> None:
-        self._cipher = cipher
-
-    def encrypt(self, plaintext: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        return self._cipher.encrypt(plaintext, encryption_context(purpose, *binding))
-
-    def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        try:
-            return self._cipher.decrypt(blob, encryption_context(purpose, *binding))
-        except IntegrityError as exc:
-            log.error("ciphertext failed authentication", purpose=purpose, error=str(exc))
-            raise DataIntegrityError("stored ciphertext failed authentication") from None
-
-    def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        try:
-            return self._cipher.rewrap(blob, encryption_context(purpose, *binding))
-        except IntegrityError as exc:
-            log.error(
-                "ciphertext failed authentication during rewrap", purpose=purpose, error=str(exc)
-            )
-            raise DataIntegrityError("stored ciphertext failed authentication") from None
+def bound_cipher(settings: Settings, keyring: Keyring) -> BoundCipher:
+    """The cipher every service uses, with the legacy-binding policy of ``settings``."""
+    return BoundCipher(EnvelopeCipher(keyring), accept_binding_v1=settings.accept_binding_v1)
 
 
 def load_keyring(settings: Settings) -> Keyring:
@@ -76,9 +54,16 @@ def load_keyring(settings: Settings) -> Keyring:
         raise ConfigurationError(f"invalid keyring: {exc}") from None
 
 
-async def verify_master_keys(db: Database, keyring: Keyring) -> None:
-    """Fails closed: a configured key whose bytes differ from the ones first used under its id, or
-    stored data under a key id the keyring lacks, stops the start (message names ids only)."""
+async def verify_master_keys(
+    db: Database, keyring: Keyring, *, accept_binding_v1: bool, strict: bool = True
+) -> None:
+    """Fails closed: a configured key whose bytes differ from the ones first used under its id,
+    stored data under a key id the keyring lacks, or blobs of the legacy binding while it is not
+    accepted, stop the start (messages name ids only).
+
+    ``strict`` False (``keyring status`` and ``keyring rewrap``) checks the key bytes only: blobs
+    under a key id the keyring cannot decrypt (or of a refused binding) are then reported one by
+    one as unreadable rather than stopping the command, and no new key id is registered."""
     repository = PostgresMasterKeyRepository(db)
     checks = await repository.check_blobs()
     for key_id, key in sorted(keyring.keys.items()):
@@ -89,17 +74,34 @@ async def verify_master_keys(db: Database, keyring: Keyring) -> None:
             )
     in_use = await repository.key_ids_in_use()
     missing = sorted(in_use - set(keyring.keys))
+    too_old = sorted(k for k in in_use if k < keyring.min_decryption_key_id)
+    if not strict:
+        if not missing and not too_old:
+            await _register_new_keys(repository, keyring, checks)
+        return
     if missing:
         raise StartupError(
-            f"stored data is encrypted under master key(s) {missing} missing from the keyring"
+            f"stored data is encrypted under master key(s) {missing} missing from the keyring "
+            "(`credbroker keyring status` names the rows)"
         )
-    too_old = sorted(k for k in in_use if k < keyring.min_decryption_key_id)
     if too_old:
         raise StartupError(
             f"stored data uses master key(s) {too_old} below min_decryption_key_id "
             f"{keyring.min_decryption_key_id}; finish `credbroker keyring rewrap` first"
         )
-    # Only a keyring that passed every check registers its new key ids.
+    if not accept_binding_v1 and await repository.legacy_blobs_remain():
+        raise StartupError(
+            "stored data holds blobs of the legacy binding (format 1), which are refused: set "
+            "CREDBROKER_ACCEPT_BINDING_V1=true, run `credbroker keyring rewrap`, then unset it "
+            "(docs/operators.md, section 4)"
+        )
+    await _register_new_keys(repository, keyring, checks)
+
+
+async def _register_new_keys(
+    repository: PostgresMasterKeyRepository, keyring: Keyring, checks: dict[int, bytes]
+) -> None:
+    """Only a keyring that passed every check registers its new key ids."""
     for key_id, key in sorted(keyring.keys.items()):
         if key_id not in checks:
             await repository.add_check_blob(key_id, make_key_check(key_id, key))

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,14 +20,14 @@ from credbroker import cli_connect, cli_webhooks, dev, workers
 from credbroker.app import key_service
 from credbroker.bootstrap import (
     Backend,
-    BoundCipher,
     StartupError,
+    bound_cipher,
     load_keyring,
     open_backend,
     verify_master_keys,
 )
 from credbroker.config import Settings, tls_pairing_problem
-from credbroker.crypto import EnvelopeCipher, Keyring, KeyringError, generate_keyring
+from credbroker.crypto import FORMAT_V1, FORMAT_V2, Keyring, KeyringError, generate_keyring
 from credbroker.domain.audit import AuditEvent
 from credbroker.domain.errors import DomainError
 from credbroker.domain.keys import parse_scopes
@@ -121,7 +122,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     promote.add_argument("key_id", type=int, help="the key id to make primary")
     retire = keyring_sub.add_parser(
-        "retire", parents=[edit], help="remove a key no data uses any more (rotation step 4)"
+        "retire",
+        parents=[edit],
+        help="remove a key no data uses any more (rotation step 4; refused while stored blobs "
+        "name it, checked when CREDBROKER_DATABASE_URL is set)",
     )
     retire.add_argument("key_id", type=int, help="the key id to remove")
     keyring_sub.add_parser(
@@ -224,7 +228,7 @@ async def _run(args: argparse.Namespace) -> None:
         await _with_backend(settings, lambda backend: _keys(args, backend))
     elif args.command == "keyring":
         keyring = load_keyring(settings)
-        await _with_backend(settings, lambda backend: _keyring(args, backend, keyring))
+        await _with_backend(settings, lambda backend: _keyring(args, settings, backend, keyring))
     elif args.command == "audit":
         await _with_backend(settings, lambda backend: _audit_tail(args, backend))
     elif args.command == "webhooks":
@@ -313,20 +317,45 @@ def _check_before_serving(settings: Settings, names: dict[str, str]) -> None:
         check_can_listen(settings.metrics_listen, metrics_name)
 
 
-async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring) -> None:
-    await verify_master_keys(backend.db, keyring)
+async def _keyring(
+    args: argparse.Namespace, settings: Settings, backend: Backend, keyring: Keyring
+) -> None:
+    # Blobs this keyring cannot read are reported one by one, not refused whole.
+    await verify_master_keys(
+        backend.db, keyring, accept_binding_v1=settings.accept_binding_v1, strict=False
+    )
     repository = PostgresMasterKeyRepository(backend.db)
+    rotation = KeyRotationService(
+        repository, bound_cipher(settings, keyring), keyring.primary_key_id
+    )
     if args.keyring_command == "rewrap":
-        rotation = KeyRotationService(
-            repository, BoundCipher(EnvelopeCipher(keyring)), keyring.primary_key_id
-        )
-        total = await rotation.rewrap_all(
+        started = time.monotonic()
+        report = await rotation.rewrap_all(
             batch_size=args.batch_size,
             on_batch=lambda n: print(f"rewrapped {n} rows", file=sys.stderr),
         )
-        print(f"rewrap complete: {total} rows now under master key {keyring.primary_key_id}")
+        log.info(
+            "rewrap finished",
+            rows=report.rewrapped,
+            skipped_rows=report.skipped_rows,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        for blob in report.unreadable:
+            print(f"skipped {blob.describe()}")
+        if report.unreadable:
+            raise StartupError(
+                f"rewrap incomplete: {report.rewrapped} rows rewrapped, "
+                f"{_count(report.skipped_rows, 'row')} skipped with "
+                f"{_count(len(report.unreadable), 'unreadable blob')} (listed above); repair or "
+                "delete those rows, then run it again (docs/operators.md, section 4)"
+            )
+        print(
+            f"rewrap complete: {report.rewrapped} rows now under master key "
+            f"{keyring.primary_key_id} and binding v2"
+        )
         return
     rows = await repository.rows_per_key()
+    unreadable = await rotation.check_all()
     print(f"primary key id: {keyring.primary_key_id}")
     print(f"min decryption key id: {keyring.min_decryption_key_id}")
     print(f"configured key ids: {', '.join(str(k) for k in sorted(keyring.keys))}")
@@ -334,6 +363,39 @@ async def _keyring(args: argparse.Namespace, backend: Backend, keyring: Keyring)
     for key_id in sorted(set(rows) | set(keyring.keys)):
         note = "" if key_id in keyring.keys else "  (NOT CONFIGURED)"
         print(f"  {key_id}\t{rows.get(key_id, 0)}{note}")
+    formats = await repository.blobs_per_format()
+    print("stored blobs per binding:")
+    for fmt in sorted(set(formats) | {FORMAT_V1, FORMAT_V2}):
+        note = (
+            "  (legacy: accepted for the upgrade)"
+            if fmt == FORMAT_V1 and settings.accept_binding_v1
+            else "  (legacy: refused)"
+            if fmt == FORMAT_V1
+            else ""
+        )
+        print(f"  v{fmt}\t{formats.get(fmt, 0)}{note}")
+    print(f"unreadable blobs: {len(unreadable)}")
+    for blob in unreadable:
+        print(f"  {blob.describe()}")
+
+
+async def _check_retirement(settings: Settings, key_id: int) -> None:
+    """Refuses to retire a master key that stored blobs still name (readable or not)."""
+
+    async def check(backend: Backend) -> None:
+        remaining = (await PostgresMasterKeyRepository(backend.db).rows_per_key()).get(key_id, 0)
+        if remaining:
+            raise StartupError(
+                f"master key {key_id} still encrypts {_count(remaining, 'stored blob')}; run "
+                "`credbroker keyring rewrap` (`keyring status` lists blobs it cannot move) and "
+                "retire the key once none remain"
+            )
+
+    await _with_backend(settings, check)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 async def _audit_tail(args: argparse.Namespace, backend: Backend) -> None:
@@ -467,10 +529,24 @@ def _main(argv: list[str] | None) -> int:
     configure_logging("console" if _dev_console(args) else base.log_format, base.log_level)
     if args.command == "keyring" and args.keyring_command not in {"status", "rewrap"}:
         try:
-            print(_edit_keyring(args).to_json())
+            edited = _edit_keyring(args)
         except KeyringError as exc:
             print(f"credbroker: {exc}", file=sys.stderr)
             return 1
+        if args.keyring_command == "retire":
+            if base.database_url is None:
+                print(
+                    "credbroker: not checked against stored data (CREDBROKER_DATABASE_URL is "
+                    "not set); servers refuse to start while data uses the key",
+                    file=sys.stderr,
+                )
+            else:
+                try:
+                    workers.run(_check_retirement(base, args.key_id))
+                except StartupError as exc:
+                    print(f"credbroker: {exc}", file=sys.stderr)
+                    return exc.exit_code
+        print(edited.to_json())
         return 0
     try:
         if args.command == "serve":

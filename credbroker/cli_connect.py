@@ -11,9 +11,9 @@ from datetime import timedelta
 from typing import Any
 
 from credbroker.app import default_public_url
-from credbroker.bootstrap import Backend, BoundCipher, StartupError, verify_master_keys
+from credbroker.bootstrap import Backend, StartupError, bound_cipher, verify_master_keys
 from credbroker.config import Settings
-from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.crypto import Keyring
 from credbroker.domain.audit import AuditRecord
 from credbroker.domain.connect_sessions import ConnectSessionService, SessionDraft
 from credbroker.domain.connections import ConnectionService
@@ -71,13 +71,13 @@ def public_url(settings: Settings) -> str:
 async def run(
     args: argparse.Namespace, settings: Settings, backend: Backend, keyring: Keyring
 ) -> None:
-    await verify_master_keys(backend.db, keyring)
+    await verify_master_keys(backend.db, keyring, accept_binding_v1=settings.accept_binding_v1)
     catalog = default_catalog()
     integrations = IntegrationService(PostgresIntegrationRepository(backend.db), catalog)
     connections = ConnectionService(
         PostgresConnectionRepository(backend.db),
         integrations,
-        BoundCipher(EnvelopeCipher(keyring)),
+        bound_cipher(settings, keyring),
         catalog,
         CredentialVerifier(None),  # the link only makes a session; the server verifies later
     )

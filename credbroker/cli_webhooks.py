@@ -96,7 +96,7 @@ def delivery_json(delivery: WebhookDelivery) -> str:
 async def run(
     args: argparse.Namespace, settings: Settings, backend: Backend, keyring: Keyring
 ) -> None:
-    await verify_master_keys(backend.db, keyring)
+    await verify_master_keys(backend.db, keyring, accept_binding_v1=settings.accept_binding_v1)
     environment = await key_service(backend).environment(args.environment)
     principal = Principal("cli", environment.id, environment.name, ALL_SCOPES)
     service = webhook_service(settings, backend, keyring)

@@ -93,7 +93,10 @@ class Settings(BaseSettings):
         200.0, ge=1, description="failed authentications a client address may make in a burst"
     )
     watch_max_age: float = Field(
-        600.0, gt=0, description="seconds after which a Health/Watch stream ends (OK)"
+        600.0,
+        gt=0,
+        description="seconds after which a stream (Health/Watch, WatchConnections, reflection) "
+        "ends (OK)",
     )
     max_message_bytes: int = Field(256 * 1024, ge=1024, description="largest request accepted")
     shutdown_grace: float = Field(5.0, ge=0, description="seconds in-flight RPCs get on shutdown")
@@ -117,6 +120,12 @@ class Settings(BaseSettings):
     metrics_listen: str | None = Field(None, description="HOST:PORT of the Prometheus endpoint")
     reuse_port: bool = Field(
         False, description="bind with SO_REUSEPORT (set for each process of serve --workers)"
+    )
+    accept_binding_v1: bool = Field(
+        False,
+        description="read blobs of the legacy binding (format 1, written before binding v2) "
+        "until `keyring rewrap` moves them; off, they are refused and servers do not start "
+        "while any is stored",
     )
     cache_ttl: float = Field(
         30.0,
@@ -148,6 +157,12 @@ class Settings(BaseSettings):
     )
     watch_streams_per_key: int = Field(8, ge=1, le=1000, description="open Watch streams per key")
     watch_max_streams: int = Field(64, ge=1, le=10000, description="open Watch streams per server")
+    watch_streams_per_peer: int = Field(
+        16,
+        ge=1,
+        le=10000,
+        description="open WatchConnections (and reflection) streams per client address, per server",
+    )
     webhook_dispatch: bool = Field(True, description="send webhook deliveries from this process")
     webhook_timeout: float = Field(10.0, gt=0, le=60, description="seconds per webhook attempt")
     webhook_retry_base: float = Field(

@@ -8,9 +8,9 @@ import asyncio
 from dataclasses import dataclass
 
 from credbroker import background
-from credbroker.bootstrap import Backend, BoundCipher
+from credbroker.bootstrap import Backend, bound_cipher
 from credbroker.config import Settings
-from credbroker.crypto import EnvelopeCipher, Keyring
+from credbroker.crypto import Keyring
 from credbroker.domain.delivery import DeliveryDispatcher, RetryPolicy
 from credbroker.domain.webhooks import DeliveryWaker, WebhookService
 from credbroker.outbound import AddressGuard, HttpWebhookSender, parse_networks
@@ -34,7 +34,7 @@ def webhook_service(
 ) -> WebhookService:
     return WebhookService(
         PostgresWebhookRepository(backend.db),
-        BoundCipher(EnvelopeCipher(keyring)),
+        bound_cipher(settings, keyring),
         AddressGuard(parse_networks(settings.outbound_allow)),
         waker,
     )
@@ -66,7 +66,7 @@ def start_dispatcher(
     dispatcher = DeliveryDispatcher(
         PostgresDeliveryStore(backend.db),
         sender,
-        BoundCipher(EnvelopeCipher(keyring)),
+        bound_cipher(settings, keyring),
         hub,
         retry_policy(settings),
         concurrency=settings.webhook_concurrency,

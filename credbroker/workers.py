@@ -80,7 +80,7 @@ async def _preflight(settings: Settings) -> None:
     keyring = load_keyring(settings)
     backend = await open_backend(settings, pool_min=1)
     try:
-        await verify_master_keys(backend.db, keyring)
+        await verify_master_keys(backend.db, keyring, accept_binding_v1=settings.accept_binding_v1)
     finally:
         await backend.close()
 

@@ -107,6 +107,7 @@ REFERENCE_CODES: dict[str, str] = {
     "REQUEST_MESSAGE_TIMEOUT": "request_timeout",
     "CONCURRENCY_LIMIT": "too_many_request",
     "TOO_MANY_REQUESTS": "too_many_request",
+    "AUTHENTICATION_RATE_LIMITED": "too_many_request",
     "INTERNAL": "server_error",
 }
 
@@ -128,6 +129,10 @@ class Failure:
     reason: str
     metadata: Mapping[str, str] = field(default_factory=dict)
     violations: tuple[tuple[str, str], ...] = ()
+    retry_after_seconds: int | None = None
+    """When to try again, if known (gRPC ``RetryInfo``, HTTP ``Retry-After``)."""
+    http_status: int | None = None
+    """A more precise HTTP status than the code's (413 for a body over the limit)."""
 
     @property
     def reference_code(self) -> str:
@@ -156,8 +161,14 @@ def domain_failure(error: DomainError) -> Failure:
     violations: tuple[tuple[str, str], ...] = ()
     if isinstance(error, InvalidArgumentError):
         violations = tuple((v.field, v.description) for v in error.violations)
+    retry_after = error.retry_after_seconds if isinstance(error, ResourceExhaustedError) else None
     return Failure(
-        code, GENERIC_MESSAGES.get(code, error.message), error.reason, error.metadata, violations
+        code,
+        GENERIC_MESSAGES.get(code, error.message),
+        error.reason,
+        error.metadata,
+        violations,
+        retry_after,
     )
 
 

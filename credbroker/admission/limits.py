@@ -13,8 +13,12 @@ used by :mod:`credbroker.admission.gate` and the gRPC adapter ``credbroker.api.h
 * ``max_concurrent_rpcs`` counts authenticated calls only, after their message arrived
   (:meth:`Limits.admitted`): that is the concurrency that reaches the database;
 * Health calls (no key) are limited per peer address while they wait for their message or
-  run (:meth:`Limits.unauthenticated`), Watch streams have a global and a per-peer cap and end
-  after ``watch_max_age_seconds`` (:meth:`Limits.watch`); other streams end after the same age;
+  run (:meth:`Limits.unauthenticated`), Health/Watch streams have a global and a per-peer cap
+  (:meth:`Limits.watch`); streams of authenticated callers (WatchConnections, reflection) have a
+  per-peer cap of their own (:meth:`Limits.authenticated_stream`; WatchConnections also per key
+  and in total, in :mod:`credbroker.domain.events`); every stream ends after
+  ``watch_max_age_seconds`` (:func:`aged`), and a stream of a key that stopped admitting (revoked,
+  expired) ends at its next message;
 * grpc's own ``maximum_concurrent_rpcs`` stays as a high memory backstop
   (``max_open_rpcs``), well above what the caps above let anyone hold.
 """
@@ -25,7 +29,7 @@ import asyncio
 import contextlib
 import inspect
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +47,7 @@ class LimitSettings:
     max_unauthenticated_per_peer: int = 16
     max_watch_streams: int = 256
     max_watch_streams_per_peer: int = 16
+    max_streams_per_peer: int = 16
     watch_max_age_seconds: float = 600.0
 
 
@@ -59,9 +64,12 @@ def peer_address(peer: str) -> str:
 class _PeerCounter:
     """In-flight counts per peer under a cap; entries vanish at zero (bounded memory)."""
 
-    def __init__(self, per_peer: int, total: int | None = None) -> None:
+    def __init__(
+        self, per_peer: int, total: int | None = None, *, reason: str = "TOO_MANY_REQUESTS"
+    ) -> None:
         self._per_peer = per_peer
         self._total = total
+        self._reason = reason
         self._counts: Counter[str] = Counter()
         self.in_flight = 0
 
@@ -73,7 +81,7 @@ class _PeerCounter:
             if self._counts[peer] == 0:
                 del self._counts[peer]
             raise ResourceExhaustedError(
-                f"too many {what} at once; retry later", reason="TOO_MANY_REQUESTS"
+                f"too many {what} at once; retry later", reason=self._reason
             )
         self._counts[peer] += 1
         self.in_flight += 1
@@ -92,6 +100,7 @@ class Limits:
         self._authenticated = 0
         self._unauthenticated = _PeerCounter(settings.max_unauthenticated_per_peer)
         self._watch = _PeerCounter(settings.max_watch_streams_per_peer, settings.max_watch_streams)
+        self._streams = _PeerCounter(settings.max_streams_per_peer, reason="TOO_MANY_WATCH_STREAMS")
 
     @property
     def authenticated_in_flight(self) -> int:
@@ -104,6 +113,10 @@ class Limits:
     @property
     def watch_streams(self) -> int:
         return self._watch.in_flight
+
+    @property
+    def authenticated_streams(self) -> int:
+        return self._streams.in_flight
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -134,6 +147,9 @@ class Limits:
     def watch(self, peer: str) -> contextlib.AbstractContextManager[None]:
         return self._watch.hold(peer_address(peer), "health watch streams")
 
+    def authenticated_stream(self, peer: str) -> contextlib.AbstractContextManager[None]:
+        return self._streams.hold(peer_address(peer), "streams from this address")
+
     async def first_message(self, requests: AsyncIterator[Any]) -> Any:
         """The one request message of a unary call served as request-streaming; refuses a call
         whose message does not arrive within ``first_message_seconds``."""
@@ -148,17 +164,26 @@ class Limits:
             ) from None
 
 
-async def aged(result: Any, max_age: float | None) -> AsyncIterator[Any]:
+async def aged(
+    result: Any,
+    max_age: float | None,
+    still_admitted: Callable[[], Awaitable[None]] | None = None,
+) -> AsyncIterator[Any]:
     """Runs a streaming behavior (an async generator, or a coroutine that writes with
     ``context.write``) until it ends or ``max_age`` seconds pass; then the stream ends with OK
     (clients such as health watchers simply start a new one). Each step runs under its own
-    timeout, so the clock never fires while the transport is writing a response."""
-    deadline = None if max_age is None else asyncio.get_running_loop().time() + max_age
+    timeout, so the clock never fires while the transport is writing a response.
+
+    ``still_admitted``, when given, runs before each response is handed on, at most once per
+    ``RECHECK_SECONDS``; it raises (ending the stream) when the caller no longer admits."""
+    loop = asyncio.get_running_loop()
+    deadline = None if max_age is None else loop.time() + max_age
     if inspect.isawaitable(result):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):
                 await result
         return
+    checked = loop.time()
     try:
         while True:
             try:
@@ -166,6 +191,13 @@ async def aged(result: Any, max_age: float | None) -> AsyncIterator[Any]:
                     response = await anext(result)
             except (StopAsyncIteration, TimeoutError):
                 return
+            if still_admitted is not None and loop.time() - checked >= RECHECK_SECONDS:
+                await still_admitted()
+                checked = loop.time()
             yield response
     finally:
         await result.aclose()
+
+
+# How often a long stream checks that its caller's key still admits (at its next message).
+RECHECK_SECONDS = 1.0

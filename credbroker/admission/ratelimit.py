@@ -4,8 +4,10 @@ Every failed authentication from an address takes a token from that address's bu
 (``burst`` tokens, refilled at ``per_second``). While the bucket is empty, a key from that address
 is accepted only if it resolves from the cache without the database (a valid key in use keeps
 working, even behind a NAT shared with an attacker); anything else is refused with
-RESOURCE_EXHAUSTED (``AUTHENTICATION_RATE_LIMITED``), whether the key id exists or not, so the
-limit is no existence oracle either. Together with the negative cache of unknown key ids
+RESOURCE_EXHAUSTED (``AUTHENTICATION_RATE_LIMITED``, with the seconds until the next token: a
+``RetryInfo`` over gRPC, ``Retry-After`` with HTTP 429), whether the key id exists or not, so the
+limit is no existence oracle either. Both transports pass the client's address, so they share
+one budget per address. Together with the negative cache of unknown key ids
 (``credbroker.storage.cache``), a flood of forged well-formed keys costs at most ``burst`` plus
 ``per_second`` database lookups a second per address. Memory is bounded: at most ``max_peers``
 addresses are tracked (least recently failed dropped first).
@@ -14,6 +16,7 @@ addresses are tracked (least recently failed dropped first).
 from __future__ import annotations
 
 import contextvars
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
@@ -50,6 +53,11 @@ class FailedAuthLimiter:
     def exhausted(self, peer: str) -> bool:
         return self._tokens(peer) < 1.0
 
+    def retry_after(self, peer: str) -> int:
+        """Whole seconds until ``peer`` has a token again (at least 1)."""
+        missing = 1.0 - self._tokens(peer)
+        return max(1, math.ceil(missing / self._budget.per_second))
+
     def charge(self, peer: str) -> None:
         self._buckets[peer] = (max(self._tokens(peer) - 1.0, 0.0), self._clock())
         self._buckets.move_to_end(peer)
@@ -57,10 +65,11 @@ class FailedAuthLimiter:
             self._buckets.popitem(last=False)
 
 
-def rate_limited() -> ResourceExhaustedError:
+def rate_limited(retry_after: int) -> ResourceExhaustedError:
     return ResourceExhaustedError(
         "too many failed authentications from this address; retry later",
         reason="AUTHENTICATION_RATE_LIMITED",
+        retry_after_seconds=retry_after,
     )
 
 
@@ -82,7 +91,7 @@ class GuardedAuthenticator:
         if peer and self._limiter.exhausted(peer):
             principal = self._cached(token)
             if principal is None:
-                raise rate_limited()
+                raise rate_limited(self._limiter.retry_after(peer))
             return principal
         principal = await self._authenticate(token)
         if principal is None and peer:

@@ -2,8 +2,9 @@
 :mod:`credbroker.admission.errors`), and the rich-status abort helper.
 
 Every failed RPC ends through :func:`abort` with a ``google.rpc.Status`` in the trailing metadata
-(``grpc-status-details-bin``) carrying an ``ErrorInfo`` (reason, domain ``credbroker.dev``) and,
-for validation errors, a ``BadRequest`` listing each field violation.
+(``grpc-status-details-bin``) carrying an ``ErrorInfo`` (reason, domain ``credbroker.dev``), for
+validation errors a ``BadRequest`` listing each field violation, and for a limit that knows when
+it frees up a ``RetryInfo``.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def build_status(
     *,
     metadata: dict[str, str] | None = None,
     violations: list[tuple[str, str]] | None = None,
+    retry_after_seconds: int | None = None,
 ) -> status_pb2.Status:
     status = status_pb2.Status(code=code.value[0], message=message)
     status.details.append(
@@ -55,6 +57,10 @@ def build_status(
                 )
             )
         )
+    if retry_after_seconds is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.seconds = retry_after_seconds
+        status.details.append(_pack(retry))
     return status
 
 
@@ -65,6 +71,7 @@ def status_for(failure: Failure) -> status_pb2.Status:
         failure.reason,
         metadata=dict(failure.metadata),
         violations=list(failure.violations),
+        retry_after_seconds=failure.retry_after_seconds,
     )
 
 

@@ -179,30 +179,38 @@ class GrpcRegistry:
 
     def _wrap_streaming(self, handler: Any, op: Operation) -> Any:
         """Streams: Health/Watch (no key) takes a slot of the global and per-address Watch caps;
-        it and reflection end after the stream age limit. Other streams (WatchConnections)
-        carry their own per-key and total caps."""
+        a stream with a key (WatchConnections, reflection) a slot of the per-address stream cap
+        (WatchConnections also has per-key and total caps), and ends at its next message once
+        the key no longer admits (revoked, expired). Every stream ends after the stream age
+        limit."""
         unary_request = not handler.request_streaming
         behavior = handler.unary_stream if unary_request else handler.stream_stream
         admission = self._admission
         limits = admission.limits
         exempt = op.credential is Credential.NONE
-        max_age = limits.stream_max_age if exempt or op.any_scope else None
+        max_age = limits.stream_max_age
 
         async def streaming(requests: Any, context: Context) -> AsyncIterator[Any]:
             request_id = start_request(op.name)
+            peer = context.peer()
             try:
                 with contextlib.ExitStack() as held:
+                    still_admitted = None
                     if exempt:
-                        held.enter_context(limits.watch(context.peer()))
+                        held.enter_context(limits.watch(peer))
                     else:
-                        await admission.admit(
-                            op, bearer_token(context.invocation_metadata()), peer=context.peer()
-                        )
+                        token = bearer_token(context.invocation_metadata())
+                        await admission.admit(op, token, peer=peer)
+                        held.enter_context(limits.authenticated_stream(peer))
+
+                        async def still_admitted() -> None:
+                            await admission.admit(op, token, peer=peer)
+
                     if unary_request:
                         request = _checked(await limits.first_message(requests))
                     else:
                         request = _checked_stream(requests)
-                    async for response in aged(behavior(request, context), max_age):
+                    async for response in aged(behavior(request, context), max_age, still_admitted):
                         yield response
             except grpc.aio.AbortError:
                 raise

@@ -1,11 +1,11 @@
-"""Envelope encryption of credential secrets (``security.md`` §1.2, ciphertext layout v1).
+"""Envelope encryption of credential secrets (``security.md`` §1.2, ciphertext layouts 1 and 2).
 
 Every encryption makes a fresh 32-byte DEK, encrypts the plaintext with it and wraps the DEK
 with the primary KEK, both with AES-256-GCM (``cryptography``'s ``AESGCM``). A blob has fixed
 offsets and no length fields::
 
     offset  len   field
-    0       1     format = 0x01
+    0       1     format = 0x02 (0x01 in blobs written before binding v2)
     1       1     suite = 0x01 (payload AES-256-GCM, DEK wrap AES-256-GCM)
     2       4     kek_id, uint32 big-endian
     6       12    dek_wrap_nonce
@@ -16,6 +16,13 @@ offsets and no length fields::
 The payload AAD leaves out kek_id and the wrapped DEK, so rotating the KEK rewrites bytes 2..65
 only. ``context`` (see ``encryption_context``) binds a blob to its row: a blob copied to another
 row fails to decrypt.
+
+The two formats have the same layout; the format says which binding the caller's context
+follows, and it is authenticated (it is in both AADs, and the context's domain string names it
+too), so a blob cannot be passed off as the other format. Format 1 contexts bind the row id
+only; format 2 contexts bind every id the row is found by (see ``credbroker.bootstrap``). Blobs
+are written in format 2; format 1 blobs are read, rewrapped, and moved to format 2 with
+:meth:`EnvelopeCipher.rebind`.
 """
 
 from __future__ import annotations
@@ -30,18 +37,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from .keyring import Keyring
 
 FORMAT_V1 = 0x01
+FORMAT_V2 = 0x02
+CURRENT_FORMAT = FORMAT_V2
+FORMATS = frozenset({FORMAT_V1, FORMAT_V2})
 SUITE_AES256GCM = 0x01
-_PREFIX = bytes([FORMAT_V1, SUITE_AES256GCM])
+_PREFIXES = {fmt: bytes([fmt, SUITE_AES256GCM]) for fmt in FORMATS}
+_PREFIX_LEN = 2
 _DEK_SIZE = 32
 _NONCE_SIZE = 12
 _TAG_SIZE = 16
-_KEY_ID_END = len(_PREFIX) + 4
+_KEY_ID_END = _PREFIX_LEN + 4
 _WRAP_NONCE_END = _KEY_ID_END + _NONCE_SIZE
 _WRAPPED_DEK_END = _WRAP_NONCE_END + _DEK_SIZE + _TAG_SIZE
 _PAYLOAD_NONCE_END = _WRAPPED_DEK_END + _NONCE_SIZE
 MIN_BLOB_SIZE = _PAYLOAD_NONCE_END + _TAG_SIZE
 
-_CONTEXT_DOMAIN = b"credbroker/secret/v1"
+_CONTEXT_DOMAINS = {fmt: f"credbroker/secret/v{fmt}".encode() for fmt in FORMATS}
 _MAX_CONTEXT_PART = 0xFFFF
 _KEK_CHECK_PLAINTEXT = b"credbroker-kek-check"
 _KEK_CHECK_AAD_DOMAIN = b"credbroker/kek-check/v1"
@@ -54,6 +65,13 @@ class IntegrityError(Exception):
         super().__init__(message)
 
 
+class MalformedBlobError(IntegrityError):
+    """A blob is not bytes, is too short, or has an unknown format or suite."""
+
+    def __init__(self) -> None:
+        super().__init__("ciphertext is malformed")
+
+
 class UnknownKeyError(IntegrityError):
     """A blob's KEK id is not configured, or is below ``min_decryption_key_id``."""
 
@@ -62,24 +80,25 @@ class UnknownKeyError(IntegrityError):
         self.key_id = key_id
 
 
-def encryption_context(purpose: str, *parts: bytes | str) -> bytes:
+def encryption_context(purpose: str, *parts: bytes | str, format: int = CURRENT_FORMAT) -> bytes:
     """Encode the AAD that binds a blob to its row, canonically and without delimiters.
 
-    The encoding is ``lp(b"credbroker/secret/v1") ‖ lp(purpose) ‖ lp(part) ...`` where
+    The encoding is ``lp(b"credbroker/secret/v<format>") ‖ lp(purpose) ‖ lp(part) ...`` where
     ``lp(x)`` is the 2-byte big-endian length of ``x`` followed by ``x``; text is UTF-8 encoded.
     Use immutable ids only (for example ``tenant_id.bytes``), never display names.
 
     Args:
         purpose: What the secret is, for example ``"api_key"`` or ``"basic_auth"``.
         *parts: The row's immutable ids, in a fixed order.
+        format: The blob format the context is for (its domain string names it).
 
     Returns:
         The context bytes to pass to ``EnvelopeCipher``.
 
     Raises:
-        ValueError: A part is longer than 65535 bytes once encoded.
+        ValueError: A part is longer than 65535 bytes once encoded, or the format is unknown.
     """
-    encoded = [_purpose_prefix(purpose)]
+    encoded = [_purpose_prefix(format, purpose)]
     for part in parts:
         data = part.encode("utf-8") if isinstance(part, str) else part
         if len(data) > _MAX_CONTEXT_PART:
@@ -90,9 +109,11 @@ def encryption_context(purpose: str, *parts: bytes | str) -> bytes:
 
 
 @functools.lru_cache(maxsize=64)
-def _purpose_prefix(purpose: str) -> bytes:
+def _purpose_prefix(format: int, purpose: str) -> bytes:
     """``lp(domain) ‖ lp(purpose)``: the same few purposes on every call, so encoded once."""
-    return _length_prefixed(_CONTEXT_DOMAIN) + _length_prefixed(purpose)
+    if format not in _CONTEXT_DOMAINS:
+        raise ValueError(f"unknown blob format {format}")
+    return _length_prefixed(_CONTEXT_DOMAINS[format]) + _length_prefixed(purpose)
 
 
 def _length_prefixed(part: bytes | str) -> bytes:
@@ -103,7 +124,7 @@ def _length_prefixed(part: bytes | str) -> bytes:
 
 
 class EnvelopeCipher:
-    """Encrypts, decrypts and rewraps v1 blobs with a keyring's KEKs."""
+    """Encrypts, decrypts, rewraps and rebinds blobs with a keyring's KEKs."""
 
     def __init__(
         self, keyring: Keyring, *, random_bytes: Callable[[int], bytes] = os.urandom
@@ -124,28 +145,30 @@ class EnvelopeCipher:
             kek = self._keks[key_id] = AESGCM(self._keyring.keys[key_id])
         return kek
 
-    def encrypt(self, plaintext: bytes, context: bytes) -> bytes:
+    def encrypt(self, plaintext: bytes, context: bytes, *, format: int = CURRENT_FORMAT) -> bytes:
         """Encrypt under a fresh DEK wrapped by the primary KEK.
 
         Args:
             plaintext: The secret.
-            context: The row binding from ``encryption_context``.
+            context: The row binding from ``encryption_context`` (for the same format).
+            format: The blob format; the current one unless a test needs an older blob.
 
         Returns:
-            The v1 blob, ``len(plaintext) + 94`` bytes.
+            The blob, ``len(plaintext) + 94`` bytes.
         """
+        prefix = _PREFIXES[format]
         dek = self._random(_DEK_SIZE)
-        wrapped_dek = self._wrap_dek(dek, context)
+        wrapped_dek = self._wrap_dek(prefix, dek, context)
         payload_nonce = self._random(_NONCE_SIZE)
-        payload = AESGCM(dek).encrypt(payload_nonce, plaintext, _PREFIX + context)
+        payload = AESGCM(dek).encrypt(payload_nonce, plaintext, prefix + context)
         return wrapped_dek + payload_nonce + payload
 
     def decrypt(self, blob: bytes, context: bytes) -> bytes:
         """Authenticate and decrypt a blob with the KEK its header names (no other key is tried).
 
         Args:
-            blob: A v1 blob.
-            context: The same context it was encrypted with.
+            blob: A blob of either format.
+            context: The same context it was encrypted with (for the blob's format).
 
         Returns:
             The plaintext.
@@ -154,25 +177,19 @@ class EnvelopeCipher:
             UnknownKeyError: The blob's KEK is not configured or is below the minimum.
             IntegrityError: The blob is malformed, was altered, or belongs to another context.
         """
-        dek = self._unwrap_dek(blob, context)
-        try:
-            return AESGCM(dek).decrypt(
-                blob[_WRAPPED_DEK_END:_PAYLOAD_NONCE_END],
-                blob[_PAYLOAD_NONCE_END:],
-                _PREFIX + context,
-            )
-        except InvalidTag:
-            raise IntegrityError from None
+        return self._open_payload(self._unwrap_dek(blob, context), blob, context)
 
     def rewrap(self, blob: bytes, context: bytes) -> bytes:
-        """Move a blob to the primary KEK without touching its payload or seeing the plaintext.
+        """Move a blob to the primary KEK without changing its format or payload bytes.
 
-        The DEK is unwrapped (checking its AAD) and wrapped again under the primary key with a
+        The DEK is unwrapped (checking its AAD), the payload is authenticated with it (so a blob
+        that would not decrypt is never moved and then mistaken for a good one; the plaintext
+        stays inside this method), and the DEK is wrapped again under the primary key with a
         fresh nonce; bytes 66 onwards are copied unchanged. A blob already under the primary key
         is returned as is, unchecked.
 
         Args:
-            blob: A v1 blob.
+            blob: A blob of either format.
             context: The context it was encrypted with.
 
         Returns:
@@ -180,29 +197,66 @@ class EnvelopeCipher:
 
         Raises:
             UnknownKeyError: The blob's KEK is not configured or is below the minimum.
-            IntegrityError: The blob is malformed, or its wrapped DEK fails authentication.
+            IntegrityError: The blob is malformed, or its wrapped DEK or payload fails
+                authentication.
         """
         if self.key_id_of(blob) == self._keyring.primary_key_id:
             return blob
         dek = self._unwrap_dek(blob, context)
-        return self._wrap_dek(dek, context) + blob[_WRAPPED_DEK_END:]
+        self._open_payload(dek, blob, context)
+        return self._wrap_dek(blob[:_PREFIX_LEN], dek, context) + blob[_WRAPPED_DEK_END:]
+
+    def rebind(self, blob: bytes, context: bytes, new_context: bytes) -> bytes:
+        """Move a blob to the current format and a new context: it is decrypted with
+        ``context`` and its plaintext encrypted again (fresh DEK, primary KEK) with
+        ``new_context``, within this method.
+
+        Args:
+            blob: A blob of either format.
+            context: The context it was encrypted with (for its format).
+            new_context: The context for the current format.
+
+        Returns:
+            A new blob of the current format under the primary KEK.
+
+        Raises:
+            UnknownKeyError: The blob's KEK is not configured or is below the minimum.
+            IntegrityError: The blob is malformed or fails authentication under ``context``.
+        """
+        return self.encrypt(self.decrypt(blob, context), new_context)
 
     @staticmethod
-    def key_id_of(blob: bytes) -> int:
+    def format_of(blob: bytes) -> int:
+        """The blob's format after checking its type, length, format and suite.
+
+        Raises:
+            MalformedBlobError: The blob is not bytes, is too short, or has an unknown
+                format/suite.
+        """
+        if (
+            not isinstance(blob, bytes)
+            or len(blob) < MIN_BLOB_SIZE
+            or _PREFIXES.get(blob[0]) != blob[:_PREFIX_LEN]
+        ):
+            raise MalformedBlobError
+        return blob[0]
+
+    @classmethod
+    def key_id_of(cls, blob: bytes) -> int:
         """Read the KEK id from a blob's header after checking its type, length, format and suite.
 
         Args:
-            blob: A v1 blob.
+            blob: A blob of either format.
 
         Returns:
             The KEK id (not authenticated until the blob is decrypted).
 
         Raises:
-            IntegrityError: The blob is not bytes, is too short, or has an unknown format/suite.
+            MalformedBlobError: The blob is not bytes, is too short, or has an unknown
+                format/suite.
         """
-        if not isinstance(blob, bytes) or len(blob) < MIN_BLOB_SIZE or blob[:2] != _PREFIX:
-            raise IntegrityError("ciphertext is malformed")
-        return int.from_bytes(blob[len(_PREFIX) : _KEY_ID_END], "big")
+        cls.format_of(blob)
+        return int.from_bytes(blob[_PREFIX_LEN:_KEY_ID_END], "big")
 
     def _random(self, size: int) -> bytes:
         data = self._random_bytes(size)
@@ -210,12 +264,23 @@ class EnvelopeCipher:
             raise ValueError(f"random_bytes returned {len(data)} bytes instead of {size}")
         return data
 
-    def _wrap_dek(self, dek: bytes, context: bytes) -> bytes:
+    def _wrap_dek(self, prefix: bytes, dek: bytes, context: bytes) -> bytes:
         """Return blob[0:66] for ``dek`` under the primary KEK."""
         key_id = self._keyring.primary_key_id
-        header = _PREFIX + key_id.to_bytes(4, "big")
+        header = prefix + key_id.to_bytes(4, "big")
         nonce = self._random(_NONCE_SIZE)
         return header + nonce + self._kek(key_id).encrypt(nonce, dek, header + context)
+
+    @staticmethod
+    def _open_payload(dek: bytes, blob: bytes, context: bytes) -> bytes:
+        try:
+            return AESGCM(dek).decrypt(
+                blob[_WRAPPED_DEK_END:_PAYLOAD_NONCE_END],
+                blob[_PAYLOAD_NONCE_END:],
+                blob[:_PREFIX_LEN] + context,
+            )
+        except InvalidTag:
+            raise IntegrityError from None
 
     def _unwrap_dek(self, blob: bytes, context: bytes) -> bytes:
         key_id = self.key_id_of(blob)

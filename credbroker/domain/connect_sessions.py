@@ -75,7 +75,8 @@ DEFAULT_TTL = timedelta(minutes=30)
 MIN_TTL = timedelta(minutes=1)
 MAX_TTL = timedelta(hours=24)
 DEFAULT_MAX_ATTEMPTS = 5
-ATTEMPT_LEASE = timedelta(seconds=60)
+ATTEMPT_LEASE_MARGIN = timedelta(seconds=5)
+"""Added to the server's deadline per call to make a submission's lease (clocks, clean-up)."""
 MAX_ALLOWED_INTEGRATIONS = 50
 MAX_ALLOWED_ORIGINS = 20
 MAX_LISTED_INTEGRATIONS = 100
@@ -200,13 +201,19 @@ class ConnectSessionService:
         public_url: str,
         allowed_origins: Sequence[str] = (),
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        call_deadline: timedelta = timedelta(seconds=60),
     ) -> None:
+        """``call_deadline`` is the longest a submission can run (the server's deadline per
+        call): a submission claims its session for that long plus :data:`ATTEMPT_LEASE_MARGIN`,
+        so a second one never runs beside it, and after a server died mid-submission the end
+        user can try again as soon as the dead one can no longer be running."""
         self._repository = repository
         self._integrations = integrations
         self._connections = connections
         self._catalog = catalog
         self._configured_origins = tuple(allowed_origins)
         self._max_attempts = max_attempts
+        self._attempt_lease = call_deadline + ATTEMPT_LEASE_MARGIN
         self.set_public_url(public_url)
 
     def set_public_url(self, public_url: str) -> None:
@@ -459,7 +466,9 @@ class ConnectSessionService:
                 "params", "a reconnect keeps the connection's config", reason="INVALID_QUERY_PARAMS"
             )
         claimed = await self._repository.begin_attempt(
-            session.id, until=datetime.now(UTC) + ATTEMPT_LEASE, max_attempts=self._max_attempts
+            session.id,
+            until=datetime.now(UTC) + self._attempt_lease,
+            max_attempts=self._max_attempts,
         )
         if claimed is None:
             await self._refuse_unclaimed(session)

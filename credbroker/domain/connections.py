@@ -47,6 +47,7 @@ from credbroker.domain.models import (
     auth_mode_of,
 )
 from credbroker.domain.ports import (
+    Binding,
     Cipher,
     ConnectionChanges,
     ConnectionRepository,
@@ -109,10 +110,24 @@ def _not_found() -> NotFoundError:
 
 
 def binding(
-    environment_id: uuid.UUID, integration_id: str, id: uuid.UUID
-) -> tuple[bytes | str, ...]:
-    """The immutable identity of a row owning a ciphertext: moved elsewhere, it fails to decrypt."""
-    return (environment_id.bytes, integration_id, id.bytes)
+    environment_id: uuid.UUID, integration_id: str, connection_id: str, id: uuid.UUID
+) -> Binding:
+    """The immutable identity of a row owning a ciphertext: every id it is found by (a blob
+    moved elsewhere, or a row given another environment, integration or connection id, fails
+    to decrypt); binding v1 had the row id but not the connection id."""
+    environment, row = environment_id.bytes, id.bytes
+    return Binding(
+        (environment, integration_id, connection_id, row), (environment, integration_id, row)
+    )
+
+
+def connection_binding(connection: Connection | NewConnection) -> Binding:
+    return binding(
+        connection.environment_id,
+        connection.integration_id,
+        connection.connection_id,
+        connection.id,
+    )
 
 
 def _serialize_credentials(credentials: Credentials) -> bytes:
@@ -172,7 +187,7 @@ class ConnectionService:
 
     def _decrypt(self, stored: StoredConnection) -> tuple[Credentials, dict[str, str]]:
         connection = stored.connection
-        bound = binding(connection.environment_id, connection.integration_id, connection.id)
+        bound = connection_binding(connection)
         credentials_plain = self._cipher.decrypt(
             stored.secrets.credentials, purpose=CREDENTIALS_PURPOSE, binding=bound
         )
@@ -203,7 +218,7 @@ class ConnectionService:
         return self._cipher.encrypt(
             plaintext,
             purpose=purpose,
-            binding=binding(connection.environment_id, connection.integration_id, connection.id),
+            binding=connection_binding(connection),
         )
 
     def _validate_draft(
@@ -420,9 +435,7 @@ class ConnectionService:
                 self._cipher.decrypt(
                     stored.secrets.connection_config,
                     purpose=CONFIG_PURPOSE,
-                    binding=binding(
-                        connection.environment_id, connection.integration_id, connection.id
-                    ),
+                    binding=connection_binding(connection),
                 )
             )
         except (DataIntegrityError, ValueError):

@@ -93,6 +93,13 @@ class DataIntegrityError(DomainError):
 
 
 class ResourceExhaustedError(DomainError):
-    """A limit that protects the server was reached; retry later."""
+    """A limit that protects the server was reached; retry later (after
+    ``retry_after_seconds``, when the limit knows)."""
 
     reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after_seconds: int | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after_seconds = retry_after_seconds

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from uuid import UUID
 
 from credbroker.domain.events import ConnectionEventType
@@ -25,21 +25,36 @@ from credbroker.domain.models import (
 )
 
 
+class Binding(NamedTuple):
+    """The identity of the row that stores a blob, as its associated data binds it.
+
+    ``ids`` are what blobs are written with (binding v2): every id the row is found by (for a
+    connection: environment, integration and connection ids, and the row id), so a blob moved to
+    another row, or a row whose ids were changed in the database, fails to decrypt.
+    ``legacy_ids`` are what blobs written before v2 were bound to (binding v1: the row id, with
+    environment and integration for a connection), read until a rewrap moves them to ``ids``.
+    """
+
+    ids: tuple[bytes | str, ...]
+    legacy_ids: tuple[bytes | str, ...]
+
+
 class Cipher(Protocol):
-    """Envelope encryption bound to a purpose and the identity of the row that stores the blob.
+    """Envelope encryption bound to a purpose (the column) and the identity of the row that
+    stores the blob.
 
     ``decrypt`` raises :class:`credbroker.domain.errors.DataIntegrityError` when the blob does not
     authenticate under that binding.
     """
 
-    def encrypt(
-        self, plaintext: bytes, *, purpose: str, binding: tuple[bytes | str, ...]
-    ) -> bytes: ...
+    def encrypt(self, plaintext: bytes, *, purpose: str, binding: Binding) -> bytes: ...
 
-    def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes: ...
+    def decrypt(self, blob: bytes, *, purpose: str, binding: Binding) -> bytes: ...
 
-    def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
-        """The same payload with its data key wrapped under the primary master key."""
+    def rewrap(self, blob: bytes, *, purpose: str, binding: Binding) -> bytes:
+        """The same plaintext under the primary master key and the current binding (the data
+        key rewrapped; or, for a blob of the legacy binding, encrypted afresh). The returned
+        blob is the given one when it needs neither."""
         ...
 
 

@@ -24,7 +24,7 @@ from credbroker.domain.errors import (
 )
 from credbroker.domain.events import ConnectionEvent, check_event_types
 from credbroker.domain.models import Page, Principal
-from credbroker.domain.ports import Cipher
+from credbroker.domain.ports import Binding, Cipher
 from credbroker.domain.validation import MAX_DISPLAY_NAME, Violations, check_page_size
 
 SECRET_PURPOSE = "webhook_endpoint.signing_secret"  # noqa: S105 - a name, not a secret
@@ -38,8 +38,10 @@ UPDATABLE_PATHS = frozenset({"url", "events", "description", "disabled"})
 ENDPOINT_NOT_FOUND = "webhook endpoint not found"
 
 
-def endpoint_binding(environment_id: UUID, endpoint_id: UUID) -> tuple[bytes | str, ...]:
-    return (environment_id.bytes, endpoint_id.bytes)
+def endpoint_binding(environment_id: UUID, endpoint_id: UUID) -> Binding:
+    """An endpoint is found by its environment and id; binding v1 had the same ids."""
+    ids = (environment_id.bytes, endpoint_id.bytes)
+    return Binding(ids, ids)
 
 
 def new_signing_secret() -> str:

@@ -5,9 +5,11 @@ token extraction).
 
 A handler takes an :class:`HttpCall` and returns a :class:`Reply`; it reads the caller with
 :func:`credbroker.admission.current_principal` and raises domain errors, which become the
-reference error body (``credbroker.rest.errors``). Request bodies are read up to a limit before
-admission; JSON is decoded after authentication (``decode=json_object``), so unauthenticated
-callers learn nothing about parsing.
+reference error body (``credbroker.rest.errors``). As on the gRPC port, a request is admitted
+on its headers: one without a valid credential is refused before its body is read; the body is
+then read (up to a limit) within the first-message bound of the admission limits
+(``CREDBROKER_FIRST_MESSAGE_TIMEOUT``), and JSON is decoded after authentication
+(``decode=json_object``), so unauthenticated callers learn nothing about parsing.
 """
 
 from __future__ import annotations
@@ -126,13 +128,23 @@ def session_token(request: Request) -> tuple[str | None, str]:
     return candidates.pop(), ""
 
 
-def _too_large(limit: int) -> JSONResponse:
-    failure = Failure(
-        ErrorCode.RESOURCE_EXHAUSTED, f"request body larger than {limit} bytes", "PAYLOAD_TOO_LARGE"
+def _too_large(limit: int) -> Failure:
+    return Failure(
+        ErrorCode.RESOURCE_EXHAUSTED,
+        f"request body larger than {limit} bytes",
+        "PAYLOAD_TOO_LARGE",
+        http_status=413,
     )
-    response = error_response(failure)
-    response.status_code = 413
-    return response
+
+
+_BODY_CUT_SHORT = Failure(
+    ErrorCode.INVALID_ARGUMENT, "the request body ended early", "INVALID_ARGUMENT"
+)
+
+
+def _declared_too_large(request: Request, limit: int) -> bool:
+    declared = request.headers.get("content-length")
+    return declared is not None and (not declared.isdigit() or int(declared) > limit)
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
@@ -141,7 +153,7 @@ async def read_body(request: Request, limit: int) -> bytes | None:
     declared = headers.get("content-length")
     if declared is None and "transfer-encoding" not in headers:
         return b""  # no framing, no body (RFC 9112 6.3): nothing to wait for (most GETs)
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    if _declared_too_large(request, limit):
         return None
     chunks: list[bytes] = []
     size = 0
@@ -206,14 +218,21 @@ class HttpRoutes:
         async def invoke(call: HttpCall, _: Any) -> Reply:
             return await handler(call)
 
-        async def endpoint(request: Request) -> Response:
+        async def receive(call: HttpCall, _: Any) -> HttpCall:
+            """The body, once the caller is admitted (within the first-message bound)."""
             try:
-                body = await read_body(request, limit)
+                body = await read_body(call.request, limit)
             except ClientDisconnect:
-                return Response(status_code=400)
+                raise Refused(_BODY_CUT_SHORT) from None
             if body is None:
-                return _too_large(limit)
-            call = HttpCall(request, body)
+                raise Refused(_too_large(limit))
+            call.body = body
+            return call
+
+        async def endpoint(request: Request) -> Response:
+            if _declared_too_large(request, limit):  # refused before anything, as before
+                return error_response(_too_large(limit))
+            call = HttpCall(request, b"")
             token, absent_reason = (None, "") if credential is Credential.NONE else extract(request)
             try:
                 reply: Reply = await run(
@@ -223,6 +242,7 @@ class HttpRoutes:
                     call,
                     invoke,
                     absent_reason=absent_reason,
+                    receive=receive,
                     peer=request.client.host if request.client else "",
                 )
             except Refused as refused:

@@ -6,10 +6,18 @@ uvicorn's own access log is off: URLs carry connect-session tokens in their quer
 no request line is ever logged (calls are logged by the admission path, by route name only).
 uvicorn's signal handling is not used either: the server's own SIGTERM/SIGINT handling drains
 both listeners.
+
+No client can hold the listener (issue 9, finding 3, on this port): a connection must complete
+each request's headers within the first-message bound of its opening or of its previous
+response, and in at most ``MAX_HEADER_BYTES``, or it is closed (:class:`BoundedHttpProtocol`);
+uvicorn's ``limit_concurrency`` is not used, since it counts open connections, so idle ones
+would turn every request away with 503. What a request may hold once its headers are in is the
+admission path's business (``credbroker.rest.endpoints``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -19,6 +27,7 @@ from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from credbroker.bootstrap import StartupError
 
@@ -59,6 +68,72 @@ def tls_context(cert: Path, key: Path, client_ca: Path | None) -> ssl.SSLContext
     return context
 
 
+MAX_HEADER_BYTES = 16 * 1024  # as gRPC's hard metadata limit
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a deadline and a size limit on request headers. The
+    deadline is armed when the connection opens, and again once a request has been read whole
+    and answered; only complete headers disarm it (partial bytes do not, unlike uvicorn's
+    keep-alive timer)."""
+
+    header_timeout = 5.0  # replaced per server (see HttpServer)
+    _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _reading_request = False  # from a request's first byte to the end of its body
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        awaiting = self._header_timer is not None
+        super().data_received(data)
+        if awaiting and self._header_timer is not None:  # still no complete headers
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._close_waiting()
+
+    def on_message_begin(self) -> None:
+        self._reading_request = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._reading_request = False
+        super().on_message_complete()
+        if self.cycle is not None and self.cycle.response_complete:
+            self._arm_header_timer()  # answered before its body was in (e.g. refused)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self._reading_request and not self.transport.is_closing():
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_bytes = 0
+        self._header_timer = self.loop.call_later(self.header_timeout, self._close_waiting)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _close_waiting(self) -> None:
+        """Closes the connection unless a request on it is being answered."""
+        self._disarm_header_timer()
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+
 class HttpServer:
     """uvicorn in the current event loop: :meth:`start` binds and serves, :meth:`stop` stops
     accepting, lets in-flight requests finish for ``grace`` seconds, then closes."""
@@ -70,7 +145,7 @@ class HttpServer:
         *,
         reuse_port: bool,
         tls: ssl.SSLContext | None,
-        limit_concurrency: int,
+        header_timeout: float,
     ) -> None:
         self.app = app
         """The served application (the OpenAPI test lists its routes)."""
@@ -87,7 +162,7 @@ class HttpServer:
             proxy_headers=False,
             server_header=False,
             date_header=False,
-            limit_concurrency=limit_concurrency,
+            http=type("HttpProtocol", (BoundedHttpProtocol,), {"header_timeout": header_timeout}),
             timeout_keep_alive=5,
             ssl_context_factory=self._ssl_context if tls is not None else None,
         )

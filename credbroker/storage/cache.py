@@ -119,8 +119,9 @@ class CachingSecretKeyRepository:
     """Caches ``get`` by key id; writes pass through and drop the entry. Unknown ids are cached
     too (negatively, in a bounded cache of their own), so a forged key presented again costs
     no database work and answers as fast as a known id with a wrong secret (no existence
-    oracle). Key ids are random: an id nobody has been given cannot have been cached before it
-    is created, and a key created in this process drops its entry."""
+    oracle). A key created anywhere (another server, the CLI) is announced like a changed one
+    (migration 0011), which drops the id's negative entry on every server, so an id presented
+    before its key existed is not refused for the cache's lifetime."""
 
     def __init__(
         self, inner: SecretKeyRepository, listener: ChangeListener, *, ttl: float, size: int

@@ -1,4 +1,4 @@
-"""Listens for the change announcements of migration 0005 on a dedicated connection.
+"""Listens for the change announcements of migrations 0005 and 0011 on a dedicated connection.
 
 While the listener is not connected (start-up, or after the database dropped it) caches must
 not be trusted: :attr:`ChangeListener.healthy` is False and every subscriber was told to clear.

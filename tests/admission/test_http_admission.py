@@ -59,7 +59,7 @@ async def things(backend: Any, keys: Any) -> AsyncIterator[httpx.AsyncClient]:
             http.route("GET", "/things", _read, credential=Credential.SECRET_KEY),
         ]
     )
-    server = HttpServer(app, "127.0.0.1:0", reuse_port=False, tls=None, limit_concurrency=16)
+    server = HttpServer(app, "127.0.0.1:0", reuse_port=False, tls=None, header_timeout=5.0)
     port = await server.start()
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
         yield client

@@ -355,6 +355,76 @@ async def test_blobs_swapped_within_one_row(tenant: Any, backend: Any) -> None:
     await assert_data_loss(tenant, ("openai", "u"), secret, config_value)
 
 
+async def swap(pool: asyncpg.Pool, column: str, first: Any, second: Any) -> None:
+    """Swaps ``column`` between two connection rows, as someone with write access to the
+    database could. The ids are unique together, so the first row's connection_id is parked on
+    a third value meanwhile."""
+    async with pool.acquire() as connection, connection.transaction():
+        select = "SELECT {} FROM connections WHERE id = $1"
+        a = await connection.fetchval(select.format(column), first)
+        b = await connection.fetchval(select.format(column), second)
+        parked = await connection.fetchval(select.format("connection_id"), first)
+        update = "UPDATE connections SET {} = $1 WHERE id = $2"
+        await connection.execute(update.format("connection_id"), "swap-in-progress", first)
+        await connection.execute(update.format(column), a, second)
+        await connection.execute(update.format(column), b, first)
+        if column != "connection_id":
+            await connection.execute(update.format("connection_id"), parked, first)
+
+
+async def test_connection_ids_swapped_between_rows(tenant: Any, backend: Any) -> None:
+    """Finding 11: with database write access, swapping two rows' connection_id made user A's
+    secret be served as user B's (the associated data bound the row id, not the connection
+    id). Both now answer DATA_LOSS."""
+    pool = backend.db.pool
+    secret_a, secret_b = marker("alice"), marker("bob")
+    await create_integration(tenant, "openai")
+    await create_connection(tenant, "openai", "alice", credentials=api_key(secret_a))
+    await create_connection(tenant, "openai", "bob", credentials=api_key(secret_b))
+    await swap(
+        pool,
+        "connection_id",
+        await row_id(pool, tenant, "openai", "alice"),
+        await row_id(pool, tenant, "openai", "bob"),
+    )
+    await assert_data_loss(tenant, ("openai", "alice"), secret_a, secret_b)
+    await assert_data_loss(tenant, ("openai", "bob"), secret_a, secret_b)
+
+
+async def test_integration_ids_swapped_between_rows(tenant: Any, backend: Any) -> None:
+    pool = backend.db.pool
+    secret_1, secret_2 = marker("one"), marker("two")
+    await create_integration(tenant, "openai")
+    await create_integration(tenant, "other")
+    await create_connection(tenant, "openai", "u", credentials=api_key(secret_1))
+    await create_connection(tenant, "other", "u", credentials=api_key(secret_2))
+    await swap(
+        pool,
+        "integration_id",
+        await row_id(pool, tenant, "openai", "u"),
+        await row_id(pool, tenant, "other", "u"),
+    )
+    await assert_data_loss(tenant, ("openai", "u"), secret_1, secret_2)
+    await assert_data_loss(tenant, ("other", "u"), secret_1, secret_2)
+
+
+async def test_environments_swapped_between_rows(make_tenant: Any, backend: Any) -> None:
+    pool = backend.db.pool
+    first, second = await make_tenant(), await make_tenant()
+    secret_1, secret_2 = marker("one"), marker("two")
+    for tenant, secret in ((first, secret_1), (second, secret_2)):
+        await create_integration(tenant, "openai")
+        await create_connection(tenant, "openai", "u", credentials=api_key(secret))
+    await swap(
+        pool,
+        "environment_id",
+        await row_id(pool, first, "openai", "u"),
+        await row_id(pool, second, "openai", "u"),
+    )
+    await assert_data_loss(first, ("openai", "u"), secret_1, secret_2)
+    await assert_data_loss(second, ("openai", "u"), secret_1, secret_2)
+
+
 @pytest.mark.parametrize(
     "offset",
     [

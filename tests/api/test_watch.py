@@ -291,3 +291,76 @@ async def test_heartbeats_advance_past_filtered_events_and_shutdown_ends_streams
             await stopping
     finally:
         await running.stop(0)
+
+
+async def test_watch_streams_are_capped_per_address_and_aged(
+    settings_factory: Any, backend: Any, keyring: Any, tenant: Any
+) -> None:
+    """Issue 9 (review of finding 3): WatchConnections, not only Health/Watch, has a per-address
+    cap (whatever the key) and an age; streams that age out end with OK and give their slots
+    back, so no key holds streams for long or without bound."""
+    settings = settings_factory(watch_streams_per_peer=3, watch_max_age=1.5, watch_heartbeat=0.3)
+    running = await start_server(settings, backend, keyring)
+    watchers: list[Watcher] = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = cgrpc.ConnectionServiceStub(channel)
+            first_key = await tenant.key_with(Scope.CONNECTIONS_READ)
+            second_key = await tenant.key_with(Scope.CONNECTIONS_READ)
+            started = time.monotonic()
+            for metadata in (first_key, first_key, second_key):
+                watchers.append(Watcher(stub, metadata, cpb.WatchConnectionsRequest()))
+                await watchers[-1].next()
+            for metadata in (first_key, second_key):  # per address, not per key
+                refused = Watcher(stub, metadata, cpb.WatchConnectionsRequest())
+                error = await asyncio.wait_for(refused.error(), 5)
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "TOO_MANY_WATCH_STREAMS" in str(error.trailing_metadata())
+            for watcher in watchers:  # heartbeats until the age limit, then a clean end
+                while (message := await asyncio.wait_for(watcher.call.read(), 5)) is not (
+                    grpc.aio.EOF
+                ):
+                    assert not message.HasField("event")
+                assert await watcher.call.code() == grpc.StatusCode.OK
+            assert 1.4 < time.monotonic() - started < 4.0
+            limits = running.server_limits
+            assert limits is not None and limits.authenticated_streams == 0
+            again = Watcher(stub, first_key, cpb.WatchConnectionsRequest())
+            await again.next()
+            again.cancel()
+    finally:
+        for watcher in watchers:
+            watcher.cancel()
+        await running.stop(0)
+
+
+async def test_a_revoked_key_loses_its_open_watch_stream(
+    settings_factory: Any, backend: Any, keyring: Any, tenant: Any
+) -> None:
+    """An open stream re-checks its key at its next message (a heartbeat at the latest)."""
+    running = await start_server(settings_factory(watch_heartbeat=0.3), backend, keyring)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = cgrpc.ConnectionServiceStub(channel)
+            token, record = await tenant.keys.create_key(
+                tenant.environment, frozenset({Scope.CONNECTIONS_READ})
+            )
+            watcher = Watcher(
+                stub, (("authorization", f"Bearer {token}"),), cpb.WatchConnectionsRequest()
+            )
+            await watcher.next()
+            await watcher.next()  # a heartbeat: the stream is up
+            await tenant.keys.revoke_key(record.key_id)
+            revoked = time.monotonic()
+            error = await asyncio.wait_for(watcher.error(), 5)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert time.monotonic() - revoked < 3.0
+            limits = running.server_limits
+            assert limits is not None
+            for _ in range(100):  # the slot is given back as the stream ends
+                if limits.authenticated_streams == 0:
+                    break
+                await asyncio.sleep(0.02)
+            assert limits.authenticated_streams == 0
+    finally:
+        await running.stop(0)

@@ -90,6 +90,7 @@ class ServerProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
+    http_port: int = 0
     _log: Any = field(default=None, repr=False)
 
     def start(self) -> ServerProcess:
@@ -101,10 +102,11 @@ class ServerProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        self.port = self._wait_for_port()
+        self.port, self.http_port = self._wait_for_ports()
         return self
 
-    def _wait_for_port(self) -> int:
+    def _wait_for_ports(self) -> tuple[int, int]:
+        """(gRPC port, HTTP port or 0) from the "serving" log line."""
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             assert self.process is not None
@@ -112,7 +114,8 @@ class ServerProcess:
                 raise AssertionError(f"server exited:\n{self.log()}")
             for line in self.log_path.read_text("utf-8", "replace").splitlines():
                 if '"serving"' in line:
-                    return int(json.loads(line)["port"])
+                    serving = json.loads(line)
+                    return int(serving["port"]), int(serving.get("http_port") or 0)
             time.sleep(0.05)
         raise AssertionError(f"server did not start in time:\n{self.log()}")
 
@@ -122,6 +125,10 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
 
     def kill9(self) -> None:
         if self.process is not None and self.process.poll() is None:

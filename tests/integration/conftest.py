@@ -62,11 +62,13 @@ async def environment(make_environment: EnvironmentFactory) -> Environment:
 async def _drop_rows_under_unknown_master_keys(
     backend: Backend, keyring: Any
 ) -> AsyncIterator[None]:
-    """Repository tests store fake blobs whose headers name arbitrary master-key ids; the shared
-    database must not keep them, or every later server start fails closed (as it should)."""
+    """Repository tests store fake blobs whose headers name arbitrary master-key ids (or an old
+    format); the shared database must not keep them, or every later server start fails closed
+    (as it should)."""
     yield
     await backend.db.execute(
         """DELETE FROM connections
-           WHERE credentials_key_id <> ALL($1::bigint[]) OR config_key_id <> ALL($1::bigint[])""",
+           WHERE credentials_key_id <> ALL($1::bigint[]) OR config_key_id <> ALL($1::bigint[])
+              OR credentials_format <> 2 OR config_format <> 2""",
         list(keyring.keys),
     )

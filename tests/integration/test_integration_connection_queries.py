@@ -42,8 +42,8 @@ def integration(environment: Environment, integration_id: str) -> Integration:
 def new_connection(
     environment: Environment, integration_id: str, connection_id: str
 ) -> NewConnection:
-    # Blobs shaped like a v1 envelope header naming master key 1; never decrypted here.
-    blob = b"\x01\x01" + (1).to_bytes(4, "big") + os.urandom(64)
+    # Blobs shaped like an envelope header (format 2) naming master key 1; never decrypted here.
+    blob = b"\x02\x01" + (1).to_bytes(4, "big") + os.urandom(64)
     return NewConnection(
         id=uuid.uuid4(),
         environment_id=environment.id,

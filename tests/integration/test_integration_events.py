@@ -212,10 +212,10 @@ async def test_rewrap_writes_no_event(
         rotated = keyring.with_new_key(primary=True)
         rotation = KeyRotationService(
             PostgresMasterKeyRepository(backend.db),
-            BoundCipher(EnvelopeCipher(rotated)),
+            BoundCipher(EnvelopeCipher(rotated), accept_binding_v1=False),
             rotated.primary_key_id,
         )
-        assert await rotation.rewrap_all() == 3
+        assert (await rotation.rewrap_all()).rewrapped == 3
         assert [r["event_type"] for r in await _events(backend, "rot")] == [
             "connection.created"
         ] * 3

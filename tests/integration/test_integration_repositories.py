@@ -20,7 +20,7 @@ from credbroker.domain.models import (
     Scope,
     SecretKeyRecord,
 )
-from credbroker.domain.ports import ConnectionChanges, NewConnection
+from credbroker.domain.ports import Binding, ConnectionChanges, NewConnection
 from credbroker.domain.secret_keys import generate_key, hash_secret
 from credbroker.storage.connections import PostgresConnectionRepository
 from credbroker.storage.environments import (
@@ -47,8 +47,8 @@ def integration(
 
 
 def fake_blob(key_id: int, size: int = 120) -> bytes:
-    """Bytes shaped like a v1 envelope header (format, suite, key id) followed by noise."""
-    return b"\x01\x01" + key_id.to_bytes(4, "big") + os.urandom(size - 6)
+    """Bytes shaped like an envelope header (format 2, suite, key id) followed by noise."""
+    return b"\x02\x01" + key_id.to_bytes(4, "big") + os.urandom(size - 6)
 
 
 def new_connection(
@@ -404,10 +404,12 @@ async def test_credentials_key_id_follows_updates_and_real_cipher(
     environment: Environment,
 ) -> None:
     keyring = Keyring(primary_key_id=4000000000, keys={4000000000: os.urandom(32)})
-    cipher = BoundCipher(EnvelopeCipher(keyring))
+    cipher = BoundCipher(EnvelopeCipher(keyring), accept_binding_v1=False)
     await integrations.create(integration(environment, "x"))
     row = new_connection(environment, "x", "c1")
-    blob = cipher.encrypt(b'{"api_key":"k"}', purpose="p", binding=(row.id.bytes,))
+    blob = cipher.encrypt(
+        b'{"api_key":"k"}', purpose="p", binding=Binding((row.id.bytes,), (row.id.bytes,))
+    )
     await connections.create(
         new_connection(environment, "x", "c1", credentials=blob, config=fake_blob(3))
     )

@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from credbroker.app import RunningServer, start_server
 from credbroker.bootstrap import open_backend
+from credbroker.domain import secret_keys
 from credbroker.domain.models import ALL_SCOPES
 from credbroker.v1 import connection_service_pb2 as cpb
 from credbroker.v1 import connection_service_pb2_grpc as cgrpc
@@ -110,6 +111,38 @@ async def test_revocation_reaches_the_other_server(
             return False
 
         await change_takes_effect(refused, changed, "revocation")
+
+
+async def test_a_key_created_elsewhere_is_accepted_at_once_after_being_refused(
+    tenant: Any,
+    keys: Any,
+    second_server: RunningServer,
+    monkeypatch: pytest.MonkeyPatch,
+    change_takes_effect: Any,
+) -> None:
+    """A key id presented before its key existed is cached as unknown on that server; creating
+    the key in another process (here: without that server's cache, as the CLI does) must drop
+    that entry through the database's announcement, not leave the key refused for the negative
+    cache's lifetime (10 s)."""
+    await _seed(tenant, "sk-1")
+    token, parsed = secret_keys.generate_key()
+    metadata = (("authorization", f"Bearer {token}"),)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{second_server.port}") as channel:
+        other: Any = cgrpc.ConnectionServiceStub(channel)
+
+        async def accepted() -> bool:
+            try:
+                await other.AccessCredentials(ACCESS, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+                return False
+            return True
+
+        assert not await accepted()  # unknown: now cached negatively on the second server
+        monkeypatch.setattr(secret_keys, "generate_key", lambda: (token, parsed))
+        await keys.create_key(tenant.environment, ALL_SCOPES)
+        took = await change_takes_effect(accepted, time.monotonic(), "key creation")
+        print(f"new key accepted by a call started {took * 1e3:.0f} ms after its creation")
 
 
 async def test_deleted_connection_is_gone_on_the_other_server(

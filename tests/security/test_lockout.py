@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import httpx
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -146,3 +147,108 @@ async def test_watch_streams_are_capped_and_aged(
     limits = one_worker.server_limits
     assert limits is not None
     assert limits.watch_streams == 0 and limits.authenticated_in_flight == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# the HTTP port (issue 9, finding 3, on the other transport)
+
+HTTP_CONNECTIONS = 300  # above CREDBROKER_MAX_CONCURRENT_RPCS (256), which once capped them
+
+
+async def _http_call_works(port: int, tenant: Any) -> float:
+    """Seconds an authenticated GET /connections took on a fresh connection."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        started = time.monotonic()
+        response = await http.get("/connections", headers={"authorization": f"Bearer {tenant.key}"})
+        assert response.status_code == 200, response.text
+        return time.monotonic() - started
+
+
+async def _closed_within(
+    connections: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]], seconds: float
+) -> list[bytes]:
+    """What each connection received before the server closed it (fails past ``seconds``)."""
+
+    async def drain(reader: asyncio.StreamReader) -> bytes:
+        return await reader.read()  # until EOF
+
+    return list(
+        await asyncio.wait_for(
+            asyncio.gather(*(drain(reader) for reader, _ in connections)), seconds
+        )
+    )
+
+
+async def _connect(port: int, count: int, data: bytes) -> list[Any]:
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        if data:
+            writer.write(data)
+        opened.append((reader, writer))
+    for _, writer in opened:
+        await writer.drain()
+    return opened
+
+
+async def test_idle_and_slow_http_connections_lock_nobody_out(
+    one_worker: RunningServer, tenant: Any
+) -> None:
+    """Connections that never send a request, or send its headers byte by byte, hold nothing:
+    authenticated calls (and health) keep working, and the server closes them once the
+    first-message bound has passed."""
+    port = one_worker.http_port
+    idle = await _connect(port, HTTP_CONNECTIONS, b"")
+    partial = await _connect(port, 50, b"GET /connections HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    try:
+        await asyncio.sleep(0.3)
+        assert await _http_call_works(port, tenant) < 2.0
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200
+        for _, writer in partial:  # trickling more header bytes does not extend the bound
+            writer.write(b"X-Slow: 1\r\n")
+        received = await _closed_within(idle + partial, FIRST_MESSAGE + 3.0)
+        assert time.monotonic() - started >= FIRST_MESSAGE * 0.9
+        assert all(data == b"" for data in received)  # closed, nothing answered
+    finally:
+        for _, writer in idle + partial:
+            writer.close()
+
+
+async def test_http_requests_are_admitted_on_their_headers(
+    one_worker: RunningServer, tenant: Any
+) -> None:
+    """A request whose body never comes: without a valid key it is refused at once (the body is
+    never waited for); with one, it ends with 504 request_timeout after the first-message bound.
+    Headers beyond 16 KiB close the connection."""
+    port = one_worker.http_port
+    head = "POST /connections HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    forged = await _connect(
+        port, 20, (head + "Authorization: Bearer nope\r\nContent-Length: 100\r\n\r\n").encode()
+    )
+    keyed = await _connect(
+        port,
+        20,
+        (head + f"Authorization: Bearer {tenant.key}\r\nContent-Length: 100\r\n\r\n").encode(),
+    )
+    huge = await _connect(port, 1, b"GET /healthz HTTP/1.1\r\nX-Big: " + b"a" * 20_000)
+    started = time.monotonic()
+    try:
+        for reader, _ in forged:
+            status = await asyncio.wait_for(reader.readline(), 2.0)
+            assert status.startswith(b"HTTP/1.1 401"), status
+        assert time.monotonic() - started < 2.0
+        assert await _http_call_works(port, tenant) < 2.0
+        for reader, _ in keyed:
+            status = await asyncio.wait_for(reader.readline(), FIRST_MESSAGE + 3.0)
+            assert status.startswith(b"HTTP/1.1 504"), status
+            rest = await asyncio.wait_for(reader.read(4096), 2.0)
+            assert b'"code":"request_timeout"' in rest
+        assert time.monotonic() - started >= FIRST_MESSAGE * 0.9
+        assert await _closed_within(huge, 2.0) == [b""]
+        limits = one_worker.server_limits
+        assert limits is not None and limits.authenticated_in_flight == 0
+    finally:
+        for _, writer in forged + keyed + huge:
+            writer.close()

@@ -15,6 +15,7 @@ from credbroker.crypto import (
     EnvelopeCipher,
     IntegrityError,
     Keyring,
+    MalformedBlobError,
     UnknownKeyError,
     encryption_context,
     make_key_check,
@@ -49,7 +50,7 @@ def test_round_trip(plaintext: bytes) -> None:
     blob = cipher().encrypt(plaintext, CONTEXT)
 
     assert len(blob) == len(plaintext) + 94
-    assert blob[:6] == b"\x01\x01\x00\x00\x00\x01"
+    assert blob[:6] == b"\x02\x01\x00\x00\x00\x01"
     assert cipher().decrypt(blob, CONTEXT) == plaintext
     assert EnvelopeCipher.key_id_of(blob) == 1
 
@@ -112,7 +113,7 @@ def test_truncated_blob_is_refused_before_crypto(
 
 
 @pytest.mark.parametrize("offset", [0, 1])
-@pytest.mark.parametrize("value", [0x00, 0x02, 0xFF])
+@pytest.mark.parametrize("value", [0x00, 0x03, 0xFF])
 def test_unknown_format_or_suite_is_refused_before_crypto(
     offset: int, value: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -204,6 +205,21 @@ def test_rewrap_checks_the_wrapped_dek() -> None:
         cipher(primary_key_id=2).rewrap(flip_bit(blob, 8 * 40), CONTEXT)
 
 
+@pytest.mark.parametrize("offset", [70, 80, -1], ids=["payload-nonce", "payload", "tag"])
+def test_rewrap_checks_the_payload_too(offset: int) -> None:
+    """A blob whose payload was altered is not moved (a later read would fail anyway)."""
+    blob = bytearray(cipher(primary_key_id=1).encrypt(SECRET, CONTEXT))
+    blob[offset] ^= 0x01
+
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        cipher(primary_key_id=2).rewrap(bytes(blob), CONTEXT)
+
+
+def test_malformed_blob_is_its_own_error() -> None:
+    with pytest.raises(MalformedBlobError, match="ciphertext is malformed"):
+        cipher().decrypt(b"\x01\x01" + bytes(10), CONTEXT)
+
+
 def test_random_bytes_of_the_wrong_size_are_refused() -> None:
     short = EnvelopeCipher(KEYRING, random_bytes=lambda size: bytes(size - 1))
 
@@ -212,12 +228,16 @@ def test_random_bytes_of_the_wrong_size_are_refused() -> None:
 
 
 def test_encryption_context_encoding() -> None:
-    assert encryption_context("api_key", b"\x01\x02", "é") == (
-        b"\x00\x14credbroker/secret/v1"
-        + b"\x00\x07api_key"
-        + b"\x00\x02\x01\x02"
-        + b"\x00\x02\xc3\xa9"
-    )
+    for fmt in (1, 2):
+        assert encryption_context("api_key", b"\x01\x02", "é", format=fmt) == (
+            b"\x00\x14credbroker/secret/v" + str(fmt).encode()
+            + b"\x00\x07api_key"
+            + b"\x00\x02\x01\x02"
+            + b"\x00\x02\xc3\xa9"
+        )  # fmt: skip
+    assert encryption_context("p", "x") == encryption_context("p", "x", format=2)
+    with pytest.raises(ValueError, match="unknown blob format 3"):
+        encryption_context("p", "x", format=3)
     assert encryption_context("p", "x") == encryption_context("p", b"x")
     assert len(encryption_context("p", bytes(65535))) == 22 + 3 + 65537
     with pytest.raises(ValueError, match="65536 bytes"):

@@ -1,4 +1,5 @@
-"""Known-answer vectors pinning the v1 envelope format (security.md T01).
+"""Known-answer vectors pinning envelope format 1, binding v1 (security.md T01); blobs are no longer
+written in it, but every one stored must keep decrypting and rebinding (test_golden_v2.py).
 
 ``golden/envelope_v1.json`` holds fixed KEKs, DEKs, nonces and contexts with the exact blobs they
 must give. Never regenerate it to make a test pass: a committed blob that stops decrypting means
@@ -15,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from credbroker.crypto import (
+    FORMAT_V1,
     EnvelopeCipher,
     Keyring,
     encryption_context,
@@ -56,7 +58,7 @@ def test_vectors_cover_both_keys_and_both_purposes() -> None:
 def test_context_encoding_matches(case: dict[str, Any]) -> None:
     parts = [bytes.fromhex(part) for part in case["context_parts"]]
 
-    assert encryption_context(case["purpose"], *parts) == field(case, "context")
+    assert encryption_context(case["purpose"], *parts, format=FORMAT_V1) == field(case, "context")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case["name"] for case in CASES])
@@ -68,7 +70,7 @@ def test_encrypt_gives_committed_blob(case: dict[str, Any]) -> None:
         Keyring(primary_key_id=case["key_id"], keys=KEYS), random_bytes=random_bytes
     )
 
-    blob = cipher.encrypt(case["plaintext"].encode(), field(case, "context"))
+    blob = cipher.encrypt(case["plaintext"].encode(), field(case, "context"), format=FORMAT_V1)
 
     assert blob.hex() == case["blob"]
     assert random_bytes.chunks == []

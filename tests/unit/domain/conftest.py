@@ -35,7 +35,7 @@ from credbroker.domain.models import (
     VerificationRecord,
     VerificationState,
 )
-from credbroker.domain.ports import ConnectionChanges, NewConnection, StoredConnection
+from credbroker.domain.ports import Binding, ConnectionChanges, NewConnection, StoredConnection
 from credbroker.domain.providers import Verification, default_catalog
 from credbroker.domain.verification import CredentialVerifier, ProbeResult
 
@@ -44,7 +44,7 @@ from credbroker.domain.verification import CredentialVerifier, ProbeResult
 class Sealed:
     plaintext: bytes
     purpose: str
-    binding: tuple[bytes | str, ...]
+    binding: Binding
 
 
 class FakeCipher:
@@ -56,20 +56,20 @@ class FakeCipher:
         self.encrypt_calls: list[Sealed] = []
         self._counter = itertools.count(1)
 
-    def encrypt(self, plaintext: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+    def encrypt(self, plaintext: bytes, *, purpose: str, binding: Binding) -> bytes:
         blob = b"fake-blob-" + str(next(self._counter)).encode()
         sealed = Sealed(plaintext, purpose, binding)
         self.sealed[blob] = sealed
         self.encrypt_calls.append(sealed)
         return blob
 
-    def decrypt(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+    def decrypt(self, blob: bytes, *, purpose: str, binding: Binding) -> bytes:
         sealed = self.sealed.get(blob)
         if sealed is None or sealed.purpose != purpose or sealed.binding != binding:
             raise DataIntegrityError("stored ciphertext failed authentication")
         return sealed.plaintext
 
-    def rewrap(self, blob: bytes, *, purpose: str, binding: tuple[bytes | str, ...]) -> bytes:
+    def rewrap(self, blob: bytes, *, purpose: str, binding: Binding) -> bytes:
         plaintext = self.decrypt(blob, purpose=purpose, binding=binding)
         return self.encrypt(plaintext, purpose=purpose, binding=binding)
 

@@ -35,6 +35,7 @@ from credbroker.domain.models import (
     Principal,
     VerificationState,
 )
+from credbroker.domain.ports import Binding
 from credbroker.domain.verification import ProbeResult
 
 
@@ -94,7 +95,8 @@ async def test_create_encrypts_with_row_binding(
     assert existing.metadata == {"plan": "pro"}
     assert existing.tags == {"env": "prod"}
     secrets = stored_secrets(connection_repo, existing)
-    binding = (principal.environment_id.bytes, "openai", existing.id.bytes)
+    environment, row = principal.environment_id.bytes, existing.id.bytes
+    binding = Binding((environment, "openai", "user-1", row), (environment, "openai", row))
     credentials = fake_cipher.sealed[secrets.credentials]
     config = fake_cipher.sealed[secrets.connection_config]
     assert (credentials.purpose, credentials.binding) == (CREDENTIALS_PURPOSE, binding)
