@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -153,6 +154,7 @@ class RunningServer:
         if self.http is not None:
             stopping.append(self.http.stop(grace))
         await asyncio.gather(*stopping)
+        metrics.publish_call_stats()
         if self.dispatcher is not None:
             await self.dispatcher.stop(grace)
         for task in self.background:
@@ -516,7 +518,10 @@ async def start_server(
     dispatcher = None
     if settings.webhook_dispatch:
         dispatcher = start_dispatcher(settings, backend, keyring, event_hub)
-    samplers: list[Callable[[], None]] = [lambda: _sample_pool(backend)]
+    samplers: list[Callable[[], None]] = [
+        lambda: _sample_pool(backend),
+        metrics.publish_call_stats,  # call counts and latencies, kept unlocked per call
+    ]
     for name, repository in (("connections", connection_repository), ("keys", key_repository)):
         if isinstance(repository, CachingConnectionRepository | CachingSecretKeyRepository):
             samplers.append(metrics.count_deltas(name, repository.stats))
@@ -601,6 +606,24 @@ def default_public_url(settings: Settings, port: int) -> str:
     return f"{scheme}://{host}:{port}"
 
 
+# The young-generation threshold of the cyclic garbage collector once serving. Python's 700
+# allocations run a collection every few calls; what a call leaves behind is freed by reference
+# counting, so a larger threshold does less work without holding more memory in practice.
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def settle_heap() -> None:
+    """Moves every object alive once the server is up (modules, routes, caches' scaffolding)
+    out of the collector's sight (``gc.freeze``), so that later collections walk only what
+    calls allocate, and collects the young generation less often (:data:`GC_YOUNG_THRESHOLD`).
+    Measured on AccessCredentials at 64 in flight: the collector's time per call fell from
+    22 to 6 µs (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
 async def serve(settings: Settings, *, listen: str | None = None) -> None:
     """Runs until SIGTERM or SIGINT, then drains and stops. A second signal stops at once.
     A signal that arrives while starting stops the server as soon as it is up."""
@@ -612,6 +635,7 @@ async def serve(settings: Settings, *, listen: str | None = None) -> None:
     backend = await open_backend(settings)
     try:
         running = await start_server(settings, backend, keyring, listen)
+        settle_heap()
         log.info(
             "serving",
             listen=listen or settings.listen,

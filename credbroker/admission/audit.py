@@ -96,7 +96,7 @@ class Auditor:
     ) -> None:
         """Records success; for reveals this must succeed before the response is released."""
         if audit is Audit.REVEAL:
-            await self._append_or_refuse(
+            await self._store_or_refuse(
                 AuditRecord(request_id, principal, method, *resources, "OK")
             )
         elif event_id is not None:
@@ -107,7 +107,7 @@ class Auditor:
     ) -> None:
         """Records a successful reveal; raises UnavailableError if it cannot (the secret must
         then not be released)."""
-        await self._append_or_refuse(AuditRecord(request_id, principal, method, *resources, "OK"))
+        await self._store_or_refuse(AuditRecord(request_id, principal, method, *resources, "OK"))
 
     async def failed(
         self,
@@ -124,7 +124,7 @@ class Auditor:
             if event_id is not None:
                 await self._log.set_outcome(event_id, outcome, "")
             elif audit is not Audit.NONE:
-                await self._log.append(
+                await self._log.store(
                     AuditRecord(request_id, principal, method, *resources, outcome)
                 )
         except Exception as exc:  # noqa: BLE001 - best effort by design; logged for operators
@@ -133,15 +133,21 @@ class Auditor:
     async def record(self, record: AuditRecord) -> None:
         """Appends an event that is not a call of its own (e.g. one step of a flow); raises
         UnavailableError if it cannot be written."""
-        await self._append_or_refuse(record)
+        await self._store_or_refuse(record)
 
     async def _append_or_refuse(self, record: AuditRecord) -> int:
         """Appends, or raises UnavailableError whatever the cause: no record, no service."""
         try:
             return await self._log.append(record)
         except Exception as exc:  # noqa: BLE001 - any failure to record refuses the call
-            log.error("audit record failed; refusing the call", error_type=type(exc).__name__)
-            raise UnavailableError("the audit trail cannot be written") from None
+            raise _refusal(exc) from None
+
+    async def _store_or_refuse(self, record: AuditRecord) -> None:
+        """The same for a record whose event id is not needed."""
+        try:
+            await self._log.store(record)
+        except Exception as exc:  # noqa: BLE001 - any failure to record refuses the call
+            raise _refusal(exc) from None
 
     async def _finish(self, event_id: int, outcome: str, connection_id: str) -> None:
         try:
@@ -150,3 +156,8 @@ class Auditor:
             log.error(
                 "audit outcome not recorded", event_id=event_id, error_type=type(exc).__name__
             )
+
+
+def _refusal(error: Exception) -> UnavailableError:
+    log.error("audit record failed; refusing the call", error_type=type(error).__name__)
+    return UnavailableError("the audit trail cannot be written")

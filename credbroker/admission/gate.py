@@ -93,19 +93,10 @@ class Operation:
     resources: ResourceIds = _no_resources
     created: CreatedId = _no_created_id
     decode: Callable[[Any], Any] = _identity
-    _seconds: Any = field(init=False, repr=False)
-    _counts: dict[str, Any] = field(init=False, repr=False)
+    stats: metrics.CallStats = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._seconds = metrics.RPC_SECONDS.labels(self.name)
-        self._counts = {"OK": metrics.RPCS.labels(self.name, "OK")}
-
-    def _finished(self, code: str, seconds: float) -> None:
-        counter = self._counts.get(code)
-        if counter is None:
-            counter = self._counts[code] = metrics.RPCS.labels(self.name, code)
-        counter.inc()
-        self._seconds.observe(seconds)
+        self.stats = metrics.CallStats(self.name)
 
 
 class Admission:
@@ -274,7 +265,7 @@ class Admission:
             code = failure.code.label
             raise errors.Refused(failure) from None
         finally:
-            op._finished(code, time.perf_counter() - started)
+            op.stats.record(code, time.perf_counter() - started)
 
     async def _refuse(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from credbroker.admission.audit import Audit, recordable
+from credbroker.admission.audit import Audit, ResourceIds, recordable
 
 _INTEGRATIONS = "/credbroker.v1.IntegrationService/"
 _CONNECTIONS = "/credbroker.v1.ConnectionService/"
@@ -48,6 +48,26 @@ def resource_ids(message: Any) -> tuple[str, str]:
             message = getattr(message, nested)
             break
     return recordable(getattr(message, "integration_id", ""), getattr(message, "connection_id", ""))
+
+
+def resource_ids_of(message_class: Any) -> ResourceIds:
+    """:func:`resource_ids` for the requests of one message class, resolved once at
+    registration: a request that nests no ``connection`` or ``integration`` message (e.g.
+    AccessCredentialsRequest) has its ids read directly, without the attribute probes (each
+    missing attribute of a protobuf message raises and catches an AttributeError)."""
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    fields = getattr(descriptor, "fields_by_name", None)
+    if fields is None or "connection" in fields or "integration" in fields:
+        return resource_ids
+    has_integration, has_connection = "integration_id" in fields, "connection_id" in fields
+
+    def direct(message: Any) -> tuple[str, str]:
+        return recordable(
+            message.integration_id if has_integration else "",
+            message.connection_id if has_connection else "",
+        )
+
+    return direct
 
 
 def created_connection_id(response: Any) -> str:

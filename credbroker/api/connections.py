@@ -13,6 +13,7 @@ from credbroker.api.convert import (
     VERIFICATION_STATE_FROM_PROTO,
     connection_to_proto,
     credentials_from_proto,
+    fill_map,
     set_credentials,
     struct_to_dict,
 )
@@ -147,15 +148,15 @@ class ConnectionServicer(pb_grpc.ConnectionServiceServicer):
         revealed = await self._service.access(
             current_principal(), request.integration_id, request.connection_id
         )
-        # Maps from the dicts directly and the credentials set in place: building nested
-        # messages first and copying them in costs twice as much, on every reveal.
+        # Filled in place: building nested messages first and copying them in, or passing the
+        # maps to the constructor, costs twice as much, on every reveal.
         response = pb.AccessCredentialsResponse(
-            connection_config=revealed.connection_config,
             auth_mode=AUTH_MODE_TO_PROTO[revealed.connection.auth_mode],
             base_url=revealed.base_url,
-            headers=revealed.headers,
-            query_params=revealed.query_params,
         )
+        fill_map(response.connection_config, revealed.connection_config)
+        fill_map(response.headers, revealed.headers)
+        fill_map(response.query_params, revealed.query_params)
         set_credentials(response.credentials, revealed.credentials)
         return response
 

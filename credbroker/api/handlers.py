@@ -24,7 +24,7 @@ from credbroker.admission import (
 )
 from credbroker.admission.limits import aged
 from credbroker.api import errors
-from credbroker.api.audit import audit_rule, created_connection_id, resource_ids
+from credbroker.api.audit import audit_rule, created_connection_id, resource_ids_of
 from credbroker.domain.errors import InvalidArgumentError
 from credbroker.domain.models import Scope
 
@@ -133,7 +133,8 @@ class GrpcRegistry:
             )
             self._server.add_registered_method_handlers(service, wrapped)
 
-    def operation(self, method: str) -> Operation:
+    def operation(self, method: str, request_class: Any = None) -> Operation:
+        """The operation of ``method``, whose requests are ``request_class`` messages."""
         if method in UNAUTHENTICATED_METHODS:
             return Operation(method, Credential.NONE, decode=_checked)
         return Operation(
@@ -142,7 +143,7 @@ class GrpcRegistry:
             scope=self._scopes.get(method),
             any_scope=method in ANY_SCOPE_METHODS,
             audit=audit_rule(method),
-            resources=resource_ids,
+            resources=resource_ids_of(request_class),
             created=created_connection_id,
             decode=_checked,
         )
@@ -152,7 +153,8 @@ class GrpcRegistry:
         caller first; same serializers. A unary request is served as a request stream (same
         wire format): admission then runs on the headers, and the message is read only for an
         authenticated caller, within the first-message bound (credbroker.admission.limits)."""
-        op = self.operation(method)
+        parse = handler.request_deserializer  # a generated message class's FromString
+        op = self.operation(method, getattr(parse, "__self__", None))
         handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         if handler.response_streaming:
             return self._wrap_streaming(handler, op)

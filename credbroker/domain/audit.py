@@ -49,6 +49,12 @@ class AuditLog(Protocol):
         cannot (callers then refuse to proceed)."""
         ...
 
+    async def store(self, record: AuditRecord) -> None:
+        """Like :meth:`append` (durable once it returns, raises if it cannot), for records whose
+        event id nobody needs (reveals, failures, steps of a flow): they may be written without
+        returning ids."""
+        ...
+
     async def set_outcome(self, event_id: int, outcome: str, connection_id: str) -> None: ...
 
     async def list(

@@ -76,6 +76,15 @@ class CoherentCache(Generic[K, V]):
         entry = self._entries.get(key)
         return entry[0] if entry is not None and entry[1] > time.monotonic() else None
 
+    def hit(self, key: K) -> V | None:
+        """The live cached value, counted as a hit; None (not counted) when absent or expired,
+        for the caller to load. The caller checks the listener's health first."""
+        entry = self._entries.get(key)
+        if entry is not None and entry[1] > time.monotonic():
+            self.stats.hits += 1
+            return entry[0]
+        return None
+
     def clear(self) -> None:
         self._invalidations += 1
         self._entries.clear()
@@ -153,9 +162,15 @@ class CachingSecretKeyRepository:
 
     async def get(self, key_id: str) -> SecretKeyRecord | None:
         healthy = self._listener.healthy
-        if healthy and key_id in self._unknown:
-            self.unknown_hits += 1
-            return None
+        if healthy:
+            # A known key first: one dict lookup on every call (the negative cache's TTLCache
+            # costs a few µs a lookup, and only forged or deleted ids are in it).
+            record = self._cache.hit(key_id)
+            if record is not None:
+                return record
+            if key_id in self._unknown:
+                self.unknown_hits += 1
+                return None
         before = self._cache.invalidations
         record = await self._cache.get_or_load(key_id, lambda: self._inner.get(key_id))
         if record is None and healthy and before == self._cache.invalidations:

@@ -57,6 +57,14 @@ def test_secret_uses_whole_alphabet() -> None:
     assert seen == set(BASE62)
 
 
+@pytest.mark.parametrize("crc", [0, 1, 61, 62, 3843, 3844, 62**4, 2**31, 2**32 - 1])
+def test_checksum_is_the_documented_base62_crc32(crc: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The table-driven checksum equals base62(CRC32, 6) at every digit boundary."""
+    monkeypatch.setattr("credbroker.domain.secret_keys.zlib.crc32", lambda _: crc)
+    assert secret_keys.checksum("anything") == secret_keys.base62(crc, 6)
+    assert secret_keys.checksum("anything", 8) == secret_keys.base62(crc, 8)
+
+
 def test_checksum_catches_every_single_character_substitution() -> None:
     for _ in range(8):
         token, _parsed = generate_key()
