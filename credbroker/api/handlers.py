@@ -107,16 +107,26 @@ class _Recorder:
         self.services[service] = handlers
 
 
-class GrpcRegistry:
+class GrpcRegistry(grpc.GenericRpcHandler):
     """Registers servicers on ``server`` with every method handler admitted by ``admission``;
-    ``required_scopes`` maps full method names to their scope (absent: denied)."""
+    ``required_scopes`` maps full method names to their scope (absent: denied).
+
+    The server knows one generic handler, this registry, which finds every method in one dict;
+    no method is registered with grpc (``add_registered_method_handlers``): grpc.aio's server
+    keeps one pending call request per registered method and, for every call it accepts, waits
+    on all of them again (``asyncio.wait``), which with credbroker's fifty methods cost about a
+    third of a no-op call (bench/README.md)."""
 
     def __init__(
         self, server: grpc.aio.Server, admission: Admission, required_scopes: Mapping[str, Scope]
     ) -> None:
-        self._server = server
         self._admission = admission
         self._scopes = required_scopes
+        self._methods: dict[str, Any] = {}
+        server.add_generic_rpc_handlers((self,))
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        return self._methods.get(handler_call_details.method)
 
     def add(self, add_to_server: AddToServer, servicer: Any) -> None:
         recorder = _Recorder()
@@ -124,14 +134,9 @@ class GrpcRegistry:
         if recorder.generic != len(recorder.services):
             raise RuntimeError("a servicer registered handlers this registry cannot wrap")
         for service, handlers in recorder.services.items():
-            wrapped = {
-                name: self._wrap(handler, f"/{service}/{name}")
-                for name, handler in handlers.items()
-            }
-            self._server.add_generic_rpc_handlers(
-                (grpc.method_handlers_generic_handler(service, wrapped),)
-            )
-            self._server.add_registered_method_handlers(service, wrapped)
+            for name, handler in handlers.items():
+                method = f"/{service}/{name}"
+                self._methods[method] = self._wrap(handler, method)
 
     def operation(self, method: str, request_class: Any = None) -> Operation:
         """The operation of ``method``, whose requests are ``request_class`` messages."""
