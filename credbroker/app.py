@@ -572,9 +572,9 @@ async def _start_http(
             raise ConfigurationError(f"cannot load the TLS certificate or key ({exc})") from None
     http_server = HttpServer(
         build_app(
-            [
-                *http_health.routes(routes, state),
+            [  # the hot reads first (the router tries routes in order)
                 *api_routes,
+                *http_health.routes(routes, state),
                 *connect_sessions.routes(routes, sessions),
                 *connect_api.routes(routes, sessions),
                 *connect_pages.routes(routes, sessions),

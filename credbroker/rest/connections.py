@@ -339,13 +339,23 @@ def routes(
     integrations: IntegrationService,
     auditor: Auditor,
 ) -> list[Route]:
-    """The connection routes; ``/connections/metadata`` comes before ``/connections/{id}``."""
+    """The connection routes; ``/connections/metadata`` comes before ``/connections/{id}``
+    (PATCH). The hot read, ``GET /connections/{id}``, comes first: the router tries routes in
+    order, and no other GET route matches its paths (``GET /connections/metadata`` is that
+    route's either way)."""
     handlers = ConnectionRoutes(connections, integrations, auditor)
     secret = Credential.SECRET_KEY
     read, write = Scope.CONNECTIONS_READ, Scope.CONNECTIONS_WRITE
     get_name = "GET /connections/{connection_id}"
     legacy_name = "GET /connection/{connection_id}"
     return [
+        http.route(
+            "GET",
+            "/connections/{connection_id}",
+            handlers.get_handler(get_name),
+            credential=secret,
+            scope=read,
+        ),
         http.route(
             "POST",
             "/connections/metadata",
@@ -377,13 +387,6 @@ def routes(
             decode=json_object,
             resources=_body_ids,
             created=_created_id,
-        ),
-        http.route(
-            "GET",
-            "/connections/{connection_id}",
-            handlers.get_handler(get_name),
-            credential=secret,
-            scope=read,
         ),
         http.route(
             "GET",
