@@ -133,6 +133,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         length = int(self.headers.get("content-length", "0"))
         body = self.rfile.read(length)
+        if len(body) < length:
+            # The sender died mid-body (kill -9): a real receiver drops the request, and the
+            # sender's retry delivers the event whole.
+            self.close_connection = True
+            return
         self.server.receiver.handle(self, body)
 
     def log_message(self, format: str, *args: Any) -> None:
