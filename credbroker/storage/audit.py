@@ -96,7 +96,8 @@ class PostgresAuditLog:
         return (await self.append_many([record]))[0]
 
     async def store(self, record: AuditRecord) -> None:
-        await self.append_many([record])
+        async with self.batch_writer() as writer:
+            await writer.store_many([record])
 
     async def append_many(self, records: Sequence[AuditRecord]) -> list[int]:
         """Inserts the records in one statement (one commit); ids in the order given."""
